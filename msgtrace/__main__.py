@@ -1,0 +1,3 @@
+from msgtrace.cli import main
+
+main()

@@ -1,0 +1,98 @@
+"""Settings of the ingest server, with their named defaults.
+
+Every setting has a default here, can be set from the environment (``MSGTRACE_<NAME>``) and, for the common ones,
+from a CLI flag. Validation happens once, in :meth:`IngestConfig.validated`, so the pipeline never sees a bad value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Literal
+
+FsyncPolicy = Literal["always", "batch", "none"]
+FSYNC_POLICIES: tuple[str, ...] = ("always", "batch", "none")
+
+DEFAULT_PORT = 4321
+DEFAULT_HOST = "127.0.0.1"
+MiB = 1024 * 1024
+
+
+def default_data_dir() -> Path:
+    """``$MSGTRACE_DATA_DIR``, else ``$XDG_DATA_HOME/msgtrace``, else ``~/.local/share/msgtrace``."""
+    if env := os.environ.get("MSGTRACE_DATA_DIR"):
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "msgtrace"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class IngestConfig:
+    """What the ingest pipeline and its HTTP receiver need to know.
+
+    Sizes are bytes, times are seconds.
+    """
+
+    data_dir: Path = dataclasses.field(default_factory=default_data_dir)
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+
+    # --- durability -------------------------------------------------------------------------------------------
+    # ``batch`` (default): group commit. Every 200 still waits for an fsync that covers its WAL record, but
+    # requests that arrive together share one fsync. ``always``: one fsync per request, serialised.
+    # ``none``: no fsync; a 200 survives a crash of the process, not of the machine.
+    fsync: FsyncPolicy = "batch"
+    wal_segment_bytes: int = 64 * MiB
+
+    # --- buffering and flushing -------------------------------------------------------------------------------
+    flush_interval: float = 5.0  # age of the oldest buffered span that triggers a flush
+    flush_bytes: int = 48 * MiB  # buffered Arrow bytes that trigger a flush
+    buffer_limit_bytes: int = 160 * MiB  # buffered + flushing bytes above which ingest answers 503
+    wal_limit_bytes: int = 1024 * MiB  # WAL not yet retired above which ingest answers 503
+    row_group_spans: int = 32_768
+    parquet_compression_level: int = 3
+
+    # --- request limits ---------------------------------------------------------------------------------------
+    max_request_bytes: int = 64 * MiB  # on the wire, and again after decompression (OTLP spec recommendation)
+    max_inflight_bytes: int = 256 * MiB  # request bodies being read or decoded at once; above it, 503
+    max_attribute_value_bytes: int = 1 * MiB  # longer strings/bytes are cut with a marker (prompts fit)
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> IngestConfig:
+        """Defaults, then ``MSGTRACE_*`` environment variables, then explicit ``overrides`` (non-None only)."""
+        values: dict[str, object] = {}
+        for field in dataclasses.fields(cls):
+            raw = os.environ.get(f"MSGTRACE_{field.name.upper()}")
+            if raw is None or raw == "":
+                continue
+            values[field.name] = _parse(field.name, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if "data_dir" in values:
+            values["data_dir"] = Path(str(values["data_dir"])).expanduser()
+        return cls(**values).validated()  # type: ignore[arg-type]
+
+    def validated(self) -> IngestConfig:
+        if self.fsync not in FSYNC_POLICIES:
+            raise ValueError(f"fsync must be one of {', '.join(FSYNC_POLICIES)}, not {self.fsync!r}")
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port must be between 1 and 65535, not {self.port}")
+        for name in ("flush_interval", "flush_bytes", "buffer_limit_bytes", "wal_limit_bytes", "max_request_bytes",
+                     "max_inflight_bytes", "max_attribute_value_bytes", "wal_segment_bytes", "row_group_spans"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, not {getattr(self, name)}")
+        if self.flush_bytes >= self.buffer_limit_bytes:
+            raise ValueError("flush_bytes must be smaller than buffer_limit_bytes")
+        return self
+
+
+def _parse(name: str, raw: str) -> object:
+    kind = {f.name: f.type for f in dataclasses.fields(IngestConfig)}[name]
+    try:
+        if kind == "int":
+            return int(raw.replace("_", ""))
+        if kind == "float":
+            return float(raw)
+    except ValueError:
+        raise ValueError(f"MSGTRACE_{name.upper()}={raw!r} is not a number") from None
+    return raw

@@ -1,0 +1,280 @@
+"""The ingest pipeline: decode → WAL → buffer → Parquet, with recovery at start and a flush at stop.
+
+:class:`Ingestor` is what the server (and the benchmark, and tests) drive::
+
+    ingestor = Ingestor(config); ingestor.start()      # lock, quarantine, replay the WAL, start the flusher
+    result = ingestor.accept(WireFormat.PROTOBUF, body, received_unix_nano)   # durable when it returns
+    ingestor.close()                                   # flush everything, retire the WAL, unlock
+
+What a return from :meth:`Ingestor.accept` means: every span it counted is in the WAL (fsynced per policy) and in
+the buffer, so it is readable now and after any crash. Overload is refused *before* anything is written
+(:class:`~msgtrace.errors.Overloaded` → 503), never accepted and then dropped.
+
+Duplicate deliveries (a client retrying a request whose 200 it never saw) are collapsed at flush time: rows whose
+(trace_id, span_id) already appeared in the same flush, or in the previous one, are dropped before writing. Older
+duplicates (a retry after a restart, say) are left to the query views and to compaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from msgtrace.config import IngestConfig
+from msgtrace.errors import Overloaded
+from msgtrace.ingest.batch import BuiltBatch
+from msgtrace.ingest.buffer import BufferedBatch, SpanBuffer
+from msgtrace.ingest.decode import WireFormat, decode_request
+from msgtrace.ingest.wal import WalRecord, WriteAheadLog
+from msgtrace.storage.layout import StoreLayout, part_range
+from msgtrace.storage.lock import DirLock
+from msgtrace.storage.recovery import quarantine_bad_parts
+from msgtrace.storage.writer import write_parts
+
+log = logging.getLogger("msgtrace.ingest")
+
+
+@dataclass(frozen=True)
+class AcceptResult:
+    accepted_spans: int
+    rejected_spans: int
+    message: str  # for partial_success: why spans were rejected or values cut; empty when all is well
+
+
+@dataclass
+class FlushStats:
+    flushes: int = 0
+    spans_written: int = 0
+    duplicates_dropped: int = 0
+    parts_written: int = 0
+    last_flush_unix: float | None = None
+    last_flush_seconds: float | None = None
+    errors: int = 0
+    last_error: str | None = None
+
+
+class Ingestor:
+    def __init__(self, config: IngestConfig) -> None:
+        self.config = config
+        self.layout = StoreLayout(config.data_dir)
+        self.wal = WriteAheadLog(self.layout.wal_dir, config.fsync, config.wal_segment_bytes,
+                                 self.layout.quarantine_dir)
+        self.buffer = SpanBuffer()
+        self.flush_stats = FlushStats()
+        self.quarantined: list[str] = []
+        self._lock = threading.Lock()  # WAL append + buffer add are one step; a flush takes the buffer under it
+        self._flush_lock = threading.Lock()  # one flush at a time
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._flusher: threading.Thread | None = None
+        self._dir_lock = DirLock(self.layout.lock_path)
+        self._recent_keys: set[str] = set()  # span keys of the previous flush, for duplicate collapse
+        self.started = False
+
+    # --- lifecycle ------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Take the data directory, make it consistent, replay the WAL and start flushing in the background."""
+        self.layout.root.mkdir(parents=True, exist_ok=True)
+        self._dir_lock.acquire()
+        try:
+            self.layout.create()
+            self.quarantined = quarantine_bad_parts(self.layout)
+            self._replay()
+        except BaseException:
+            self._dir_lock.release()
+            raise
+        self._flusher = threading.Thread(target=self._flush_loop, name="msgtrace-flusher", daemon=True)
+        self._flusher.start()
+        self.started = True
+
+    def close(self) -> None:
+        """Flush everything buffered, retire the WAL and release the data directory."""
+        if not self.started:
+            return
+        with self._wake:
+            self._stopping = True
+            self._wake.notify_all()
+        if self._flusher is not None:
+            self._flusher.join()
+        self.flush()
+        self.wal.close()
+        self._dir_lock.release()
+        self.started = False
+
+    # --- the hot path ---------------------------------------------------------------------------------------
+    def decode(self, fmt: WireFormat, body: bytes, received_unix_nano: int) -> BuiltBatch:
+        return decode_request(fmt, body, received_unix_nano, self.config.max_attribute_value_bytes)
+
+    def admit(self) -> None:
+        """Refuse new work when the buffer or the WAL budget is used up (503, before anything is read)."""
+        if self.buffer.total_bytes >= self.config.buffer_limit_bytes:
+            raise Overloaded("ingest buffer is full; flushing to Parquet is behind")
+        if self.wal.size_bytes >= self.config.wal_limit_bytes:
+            raise Overloaded("write-ahead log budget is used up; flushing to Parquet is behind")
+
+    def accept(self, fmt: WireFormat, body: bytes, received_unix_nano: int) -> AcceptResult:
+        """Decode, log durably and buffer one request. Raises MalformedRequest, Overloaded, StorageUnavailable."""
+        self.admit()
+        built = self.decode(fmt, body, received_unix_nano)
+        return self.accept_decoded(fmt, body, received_unix_nano, built)
+
+    def accept_decoded(self, fmt: WireFormat, body: bytes, received_unix_nano: int,
+                       built: BuiltBatch) -> AcceptResult:
+        if built.num_spans:
+            with self._lock:
+                seq = self.wal.append(int(fmt), body, received_unix_nano)
+                self.buffer.add(seq, built)
+                wake = self.buffer.pending_bytes >= self.config.flush_bytes
+            self.wal.sync(seq)
+            if wake:
+                with self._wake:
+                    self._wake.notify_all()
+        return AcceptResult(built.num_spans, built.rejected_spans, _partial_message(built))
+
+    # --- flushing -------------------------------------------------------------------------------------------
+    def flush(self) -> int:
+        """Write everything buffered now; returns the number of spans written."""
+        with self._flush_lock:
+            with self._lock:
+                if not self.buffer.pending:
+                    return 0
+                self.wal.rotate()  # closed segments now hold exactly the records being flushed
+                entries = self.buffer.take()
+            try:
+                written = self._write(entries)
+            except BaseException as exc:
+                with self._lock:
+                    self.buffer.give_back(entries)
+                self.flush_stats.errors += 1
+                self.flush_stats.last_error = f"{type(exc).__name__}: {exc}"
+                raise
+            self.wal.set_checkpoint(entries[-1].seq)
+            with self._lock:
+                self.buffer.done(entries)
+            return written
+
+    def _write(self, entries: list[BufferedBatch]) -> int:
+        started = time.monotonic()
+        table = pa.Table.from_batches([e.built.batch for e in entries])
+        days = pa.chunked_array([e.built.days for e in entries], pa.int32()).combine_chunks()
+        table, days, dropped = self._drop_duplicates(table, days)
+        paths = write_parts(self.layout, table, days, entries[0].seq, entries[-1].seq,
+                            row_group_spans=self.config.row_group_spans,
+                            compression_level=self.config.parquet_compression_level)
+        s = self.flush_stats
+        s.flushes += 1
+        s.spans_written += table.num_rows
+        s.duplicates_dropped += dropped
+        s.parts_written += len(paths)
+        s.last_flush_unix = time.time()
+        s.last_flush_seconds = time.monotonic() - started
+        return table.num_rows
+
+    def _drop_duplicates(self, table: pa.Table, days: pa.Array) -> tuple[pa.Table, pa.Array, int]:
+        keys = pc.binary_join_element_wise(table["trace_id"], table["span_id"], "").to_pylist()
+        previous = self._recent_keys
+        seen: set[str] = set()
+        keep = []
+        for key in keys:
+            keep.append(key not in seen and key not in previous)
+            seen.add(key)
+        self._recent_keys = seen
+        dropped = len(keep) - sum(keep)
+        if not dropped:
+            return table, days, 0
+        mask = pa.array(keep)
+        return table.filter(mask), days.filter(mask), dropped
+
+    def _flush_loop(self) -> None:
+        interval = self.config.flush_interval
+        backoff = 0.0
+        while True:
+            with self._wake:
+                if self._stopping:
+                    return
+                due = (self.buffer.pending_bytes >= self.config.flush_bytes
+                       or (self.buffer.pending and self.buffer.oldest_age() >= interval))
+                if not due or backoff:
+                    self._wake.wait(timeout=backoff or min(interval / 4, 0.5))
+                    backoff = 0.0
+                    continue
+            try:
+                self.flush()
+            except Exception:
+                log.exception("flush failed; the spans stay buffered and in the WAL, retrying")
+                backoff = 1.0
+
+    # --- recovery -------------------------------------------------------------------------------------------
+    def _replay(self) -> None:
+        """Decode every WAL record past the checkpoint back into the buffer.
+
+        A flush that crashed after publishing some of its parts left files named with its WAL range; that exact
+        range is flushed again at once (overwriting them with identical content) so no row appears twice.
+        """
+        records = list(self.wal.recover())
+        checkpoint = self.wal.checkpoint
+        partial = sorted({r for p in self.layout.parts() if (r := part_range(p)) and r[1] > checkpoint})
+        by_seq: dict[int, WalRecord] = {r.seq: r for r in records}
+        for first, last in partial:
+            group = [by_seq.pop(s) for s in range(first, last + 1) if s in by_seq]
+            if len(group) != last - first + 1:
+                # Some records of the range are gone (a corrupt segment): keep the published parts as they are.
+                log.warning("WAL range %d-%d is incomplete; keeping its published parts unchanged", first, last)
+                continue
+            earlier = sorted(s for s in by_seq if s < first)
+            if earlier:
+                self._replay_group([by_seq.pop(s) for s in earlier])
+            self._replay_group(group)
+        for record in sorted(by_seq.values(), key=lambda r: r.seq):
+            self.buffer.add(record.seq, self._decode_record(record))
+
+    def _replay_group(self, records: list[WalRecord]) -> None:
+        entries = [BufferedBatch(r.seq, self._decode_record(r), 0, 0.0) for r in records]
+        self._write(entries)
+        self.wal.set_checkpoint(records[-1].seq)
+
+    def _decode_record(self, record: WalRecord) -> BuiltBatch:
+        return self.decode(WireFormat(record.wire_format), record.body, record.received_unix_nano)
+
+    # --- status ---------------------------------------------------------------------------------------------
+    def status(self) -> dict[str, object]:
+        s = self.flush_stats
+        wal = self.wal.status()
+        healthy = not wal["failed"] and not wal["corrupt_segments"]
+        return {
+            "status": "ok" if healthy else "degraded",
+            "data_dir": str(self.layout.root),
+            "wal": wal,
+            "buffer": {
+                "pending_spans": self.buffer.pending_spans,
+                "pending_bytes": self.buffer.pending_bytes,
+                "flushing_bytes": self.buffer.flushing_bytes,
+                "limit_bytes": self.config.buffer_limit_bytes,
+                "oldest_age_seconds": round(self.buffer.oldest_age(), 3),
+            },
+            "flush": {
+                "flushes": s.flushes,
+                "spans_written": s.spans_written,
+                "duplicates_dropped": s.duplicates_dropped,
+                "parts_written": s.parts_written,
+                "last_flush_unix": s.last_flush_unix,
+                "last_flush_seconds": s.last_flush_seconds,
+                "errors": s.errors,
+                "last_error": s.last_error,
+            },
+            "quarantined": list(self.quarantined),
+        }
+
+
+def _partial_message(built: BuiltBatch) -> str:
+    parts = []
+    if built.rejected_spans:
+        parts.append(f"{built.rejected_spans} span(s) rejected: " + "; ".join(built.rejected_reasons))
+    if built.truncated_values:
+        parts.append(f"{built.truncated_values} value(s) longer than the cap were truncated (marked in the value)")
+    return " | ".join(parts)

@@ -1,0 +1,146 @@
+"""The HTTP edge of ingest: media types, content encodings, body limits and OTLP response bodies.
+
+Bodies are limited twice (``max_request_bytes``): on the wire while reading, and after decompression, which is done
+incrementally so a compression bomb is stopped at the limit instead of being inflated whole.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import AsyncIterator
+
+import msgspec
+import zstandard
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+
+from msgtrace.errors import MalformedRequest, PayloadTooLarge, UnsupportedMedia
+from msgtrace.ingest.decode import WireFormat
+
+PROTOBUF_TYPES = {"application/x-protobuf": WireFormat.PROTOBUF, "application/protobuf": WireFormat.PROTOBUF}
+JSON_TYPES = {"application/json": WireFormat.JSON}
+MEDIA_TYPE = {WireFormat.PROTOBUF: "application/x-protobuf", WireFormat.JSON: "application/json"}
+ENCODINGS = ("identity", "gzip", "x-gzip", "deflate", "zstd")
+_CHUNK = 1 << 20
+
+
+def wire_format(content_type: str | None) -> WireFormat:
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    fmt = PROTOBUF_TYPES.get(media) or JSON_TYPES.get(media)
+    if fmt is None:
+        shown = media or "none"
+        raise UnsupportedMedia(f"unsupported Content-Type {shown!r}: send application/x-protobuf or application/json")
+    return fmt
+
+
+def content_encoding(header: str | None) -> str:
+    encoding = (header or "identity").strip().lower() or "identity"
+    if encoding not in ENCODINGS:
+        raise UnsupportedMedia(f"unsupported Content-Encoding {encoding!r}: use gzip, deflate, zstd or none")
+    return encoding
+
+
+async def read_limited(chunks: AsyncIterator[bytes], limit: int) -> bytes:
+    out = bytearray()
+    async for chunk in chunks:
+        out += chunk
+        if len(out) > limit:
+            raise PayloadTooLarge(f"request body is larger than the limit of {limit} bytes")
+    return bytes(out)
+
+
+def decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    """Inflate ``body``, never producing more than ``limit`` bytes (413 past it, 400 for corrupt or truncated)."""
+    if encoding == "identity":
+        return body
+    if encoding == "zstd":
+        return _zstd(body, limit)
+    if encoding in ("gzip", "x-gzip"):
+        return _zlib(body, 16 + zlib.MAX_WBITS, limit, "gzip")
+    try:  # HTTP "deflate" is zlib-wrapped; some clients send raw deflate
+        return _zlib(body, zlib.MAX_WBITS, limit, "deflate")
+    except MalformedRequest:
+        return _zlib(body, -zlib.MAX_WBITS, limit, "deflate")
+
+
+def _zlib(body: bytes, wbits: int, limit: int, name: str) -> bytes:
+    inflater = zlib.decompressobj(wbits)
+    out = bytearray()
+    data = body
+    try:
+        while data:
+            out += inflater.decompress(data, _CHUNK)
+            if len(out) > limit:
+                raise PayloadTooLarge(f"decompressed body is larger than the limit of {limit} bytes")
+            data = inflater.unconsumed_tail
+            if inflater.eof:
+                break
+        if not inflater.eof:
+            raise MalformedRequest(f"{name} body is truncated")
+    except zlib.error as exc:
+        raise MalformedRequest(f"{name} body is corrupt: {exc}") from None
+    return bytes(out)
+
+
+def _zstd(body: bytes, limit: int) -> bytes:
+    # The input is fed in small slices because one zstd call returns everything it can produce: 1 KiB of a
+    # compression bomb inflates to ~32 MiB in a single call; 512 bytes bound that to ~16 MiB past the limit.
+    out = bytearray()
+    pos, inflater = 0, None
+    try:
+        while pos < len(body):
+            if inflater is None or inflater.eof:  # a body may hold several frames
+                inflater = zstandard.ZstdDecompressor().decompressobj()
+            piece = body[pos:pos + _ZSTD_SLICE]
+            out += inflater.decompress(piece)
+            if len(out) > limit:
+                raise PayloadTooLarge(f"decompressed body is larger than the limit of {limit} bytes")
+            used = len(piece) - len(inflater.unused_data) if inflater.eof else len(piece)
+            pos += used
+    except zstandard.ZstdError as exc:
+        raise MalformedRequest(f"zstd body is corrupt: {exc}") from None
+    if inflater is not None and not inflater.eof:
+        raise MalformedRequest("zstd body is truncated")
+    return bytes(out)
+
+
+_ZSTD_SLICE = 512
+
+
+def success_body(fmt: WireFormat, rejected: int, message: str) -> bytes:
+    """An ``ExportTraceServiceResponse``; ``partial_success`` only when something was rejected or cut."""
+    if fmt is WireFormat.JSON:
+        if not rejected and not message:
+            return b"{}"
+        return msgspec.json.encode({"partialSuccess": {"rejectedSpans": str(rejected), "errorMessage": message}})
+    response = ExportTraceServiceResponse()
+    if rejected or message:
+        response.partial_success.rejected_spans = rejected
+        response.partial_success.error_message = message
+    return response.SerializeToString()
+
+
+# gRPC status codes used in google.rpc.Status bodies (the OTLP/HTTP error body).
+_GRPC_CODE = {400: 3, 413: 8, 415: 3, 503: 14, 405: 12, 500: 13}
+
+
+def error_body(fmt: WireFormat | None, status: int, message: str) -> tuple[bytes, str]:
+    """A ``google.rpc.Status`` in the request's format (JSON when the format is unknown)."""
+    code = _GRPC_CODE.get(status, 2)
+    if fmt is WireFormat.PROTOBUF:
+        # google.rpc.Status: field 1 (int32 code) and field 2 (string message), encoded by hand to avoid a
+        # dependency on googleapis-common-protos for two fields.
+        text = message.encode()
+        return bytes([0x08, code]) + b"\x12" + _varint(len(text)) + text, MEDIA_TYPE[fmt]
+    return msgspec.json.encode({"code": code, "message": message}), MEDIA_TYPE[WireFormat.JSON]
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)

@@ -1,0 +1,1 @@
+"""The HTTP server: the FastAPI app (routes, error mapping) and how it is run under uvicorn."""

@@ -1,0 +1,78 @@
+"""The data directory, the one place that knows file and folder names.
+
+    <data_dir>/
+      LOCK                                   held (flock) by the one process that writes here
+      spans/date=YYYY-MM-DD/<first>-<last>.parquet
+                                             hive layout; <first>-<last> is the WAL sequence range the part holds,
+                                             so replaying a range after a crash overwrites instead of duplicating
+      wal/<first-seq>.wal                    write-ahead log segments (see msgtrace.ingest.wal)
+      wal/checkpoint                         every WAL record up to this sequence number is in spans/
+      quarantine/                            temp files, unreadable parts and corrupt WAL segments moved aside
+
+Readers glob ``spans/*/*.parquet``: a file is only ever visible there under its final name once complete.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+PART_SUFFIX = ".parquet"
+TEMP_SUFFIX = ".tmp"
+_PART = re.compile(r"^(\d{20})-(\d{20})\.parquet$")
+_EPOCH = dt.date(1970, 1, 1)
+
+
+@dataclass(frozen=True)
+class StoreLayout:
+    root: Path
+
+    @property
+    def spans_dir(self) -> Path:
+        return self.root / "spans"
+
+    @property
+    def wal_dir(self) -> Path:
+        return self.root / "wal"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.root / "quarantine"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.root / "LOCK"
+
+    @property
+    def parquet_glob(self) -> str:
+        """What DuckDB's ``read_parquet`` and Polars' ``scan_parquet`` are pointed at."""
+        return str(self.spans_dir / "*" / f"*{PART_SUFFIX}")
+
+    def create(self) -> None:
+        for path in (self.spans_dir, self.wal_dir, self.quarantine_dir):
+            path.mkdir(parents=True, exist_ok=True)
+
+    def day_dir(self, day: int) -> Path:
+        return self.spans_dir / f"date={day_to_date(day).isoformat()}"
+
+    def part_path(self, day: int, first_seq: int, last_seq: int) -> Path:
+        return self.day_dir(day) / part_name(first_seq, last_seq)
+
+    def parts(self) -> list[Path]:
+        return sorted(self.spans_dir.glob(f"date=*/*{PART_SUFFIX}"))
+
+
+def part_name(first_seq: int, last_seq: int) -> str:
+    return f"{first_seq:020d}-{last_seq:020d}{PART_SUFFIX}"
+
+
+def part_range(path: Path) -> tuple[int, int] | None:
+    """The WAL range a flushed part holds, or None for parts named otherwise (e.g. compacted ones)."""
+    match = _PART.match(path.name)
+    return (int(match[1]), int(match[2])) if match else None
+
+
+def day_to_date(day: int) -> dt.date:
+    return _EPOCH + dt.timedelta(days=day)
