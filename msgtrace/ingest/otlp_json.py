@@ -16,7 +16,7 @@ import math
 import msgspec
 
 from msgtrace.errors import MalformedRequest
-from msgtrace.ingest.batch import Attr, SpanBatchBuilder
+from msgtrace.ingest.batch import AttrSink, SpanBatchBuilder
 from msgtrace.schema import SPAN_KINDS, STATUS_CODES
 
 _json = msgspec.json.Encoder()
@@ -68,17 +68,16 @@ def _walk(doc: object, builder: SpanBatchBuilder) -> None:
         resource = rs.get("resource") or {}
         if not isinstance(resource, dict):
             raise ValueError("resource must be an object")
-        res = builder.add_resource(
-            _attrs(resource.get("attributes")),
-            _uint(_get(resource, "droppedAttributesCount", "dropped_attributes_count", 0)),
-            _str(_get(rs, "schemaUrl", "schema_url", "")),
-        )
+        _put(builder.resource_attrs, resource.get("attributes"))
+        res = builder.add_resource(_uint(_get(resource, "droppedAttributesCount", "dropped_attributes_count", 0)),
+                                   _str(_get(rs, "schemaUrl", "schema_url", "")))
         for ss in _objects(_get(rs, "scopeSpans", "scope_spans"), "scopeSpans"):
             scope = ss.get("scope") or {}
             if not isinstance(scope, dict):
                 raise ValueError("scope must be an object")
+            _put(builder.scope_attrs, scope.get("attributes"))
             sc = builder.add_scope(_str(scope.get("name", "")), _str(scope.get("version", "")),
-                                   _attrs(scope.get("attributes")), _str(_get(ss, "schemaUrl", "schema_url", "")))
+                                   _str(_get(ss, "schemaUrl", "schema_url", "")))
             for span in _objects(ss.get("spans"), "spans"):
                 _span(span, res, sc, builder)
 
@@ -98,29 +97,36 @@ def _span(span: dict, res: int, sc: int, builder: SpanBatchBuilder) -> None:
     status = span.get("status") or {}
     if not isinstance(status, dict):
         raise ValueError("status must be an object")
-    events = [
-        (_uint(_get(e, "timeUnixNano", "time_unix_nano", 0)), _str(e.get("name", "")), _attrs(e.get("attributes")),
-         _uint(_get(e, "droppedAttributesCount", "dropped_attributes_count", 0)))
-        for e in _objects(span.get("events"), "events")
-    ]
-    links = []
-    for link in _objects(span.get("links"), "links"):
-        links.append((
-            _loose_hex(_get(link, "traceId", "trace_id", "")), _loose_hex(_get(link, "spanId", "span_id", "")),
-            _str(_get(link, "traceState", "trace_state", "")), _uint(link.get("flags", 0)),
-            _attrs(link.get("attributes")), _uint(_get(link, "droppedAttributesCount", "dropped_attributes_count", 0)),
-        ))
-    builder.add_span(
-        res, sc, trace_id, span_id, parent_id,
-        _str(_get(span, "traceState", "trace_state", "")), _uint(span.get("flags", 0)), name,
-        _enum(span.get("kind", 0), _KIND_NAMES, SPAN_KINDS),
+    # Convert everything that can fail before touching the builder, so a 400 leaves no half-added span behind.
+    row = (
+        trace_id, span_id, parent_id, _str(_get(span, "traceState", "trace_state", "")),
+        _uint(span.get("flags", 0)), name, _enum(span.get("kind", 0), _KIND_NAMES, SPAN_KINDS),
         _uint(_get(span, "startTimeUnixNano", "start_time_unix_nano", 0)),
         _uint(_get(span, "endTimeUnixNano", "end_time_unix_nano", 0)),
         _enum(status.get("code", 0), _STATUS_NAMES, STATUS_CODES), _str(status.get("message", "")),
-        _attrs(span.get("attributes")), _uint(_get(span, "droppedAttributesCount", "dropped_attributes_count", 0)),
-        events, _uint(_get(span, "droppedEventsCount", "dropped_events_count", 0)),
-        links, _uint(_get(span, "droppedLinksCount", "dropped_links_count", 0)),
+        _uint(_get(span, "droppedAttributesCount", "dropped_attributes_count", 0)),
+        _uint(_get(span, "droppedEventsCount", "dropped_events_count", 0)),
+        _uint(_get(span, "droppedLinksCount", "dropped_links_count", 0)),
     )
+    attrs = _attrs(span.get("attributes"))
+    events, event_attrs = [], []
+    for e in _objects(span.get("events"), "events"):
+        events.append((_uint(_get(e, "timeUnixNano", "time_unix_nano", 0)), _str(e.get("name", "")),
+                       _uint(_get(e, "droppedAttributesCount", "dropped_attributes_count", 0))))
+        event_attrs.append(_attrs(e.get("attributes")))
+    links, link_attrs = [], []
+    for link in _objects(span.get("links"), "links"):
+        links.append((_loose_hex(_get(link, "traceId", "trace_id", "")),
+                      _loose_hex(_get(link, "spanId", "span_id", "")),
+                      _str(_get(link, "traceState", "trace_state", "")), _uint(link.get("flags", 0)),
+                      _uint(_get(link, "droppedAttributesCount", "dropped_attributes_count", 0))))
+        link_attrs.append(_attrs(link.get("attributes")))
+    _fill(builder.span_attrs, attrs)
+    for a in event_attrs:
+        _fill(builder.event_attrs, a)
+    for a in link_attrs:
+        _fill(builder.link_attrs, a)
+    builder.add_span(res, sc, row, events, links)
 
 
 def _hex_id(value: object, size: int, what: str, allow_zero: bool = False) -> str:
@@ -176,14 +182,31 @@ def _enum(value: object, names: dict[str, str], ordered: tuple[str, ...]) -> str
     raise ValueError(f"bad enum value {value!r}")
 
 
-def _attrs(values: object) -> list[Attr]:
-    out: list[Attr] = []
-    for kv in _objects(values, "attributes"):
-        out.append((_str(kv.get("key", "")), *_value(kv.get("value"))))
-    return out
+def _attrs(values: object) -> list[tuple[str, str, object]]:
+    return [(_str(kv.get("key", "")), *_value(kv.get("value"))) for kv in _objects(values, "attributes")]
+
+
+def _fill(sink: AttrSink, attrs: list[tuple[str, str, object]]) -> None:
+    for key, typ, value in attrs:
+        sink.keys.append(key)
+        sink.types.append(typ)
+        sink.values.append(value)
+    sink.close()
+
+
+def _put(sink: AttrSink, values: object) -> None:
+    _fill(sink, _attrs(values))
 
 
 def _value(v: object) -> tuple[str, object]:
+    """An AnyValue as (type, value); arrays and key-value lists as their JSON text."""
+    typ, value = _typed(v)
+    if typ == "array" or typ == "kvlist":
+        return typ, _json.encode(value).decode()
+    return typ, value
+
+
+def _typed(v: object) -> tuple[str, object]:
     if v is None:
         return "empty", None
     if not isinstance(v, dict):
@@ -201,31 +224,21 @@ def _value(v: object) -> tuple[str, object]:
     if (raw := _get(v, "bytesValue", "bytes_value")) is not None:
         return "bytes", _b64(raw)
     if (a := _get(v, "arrayValue", "array_value")) is not None:
-        return "array", _json.encode(_plain_array(a)).decode()
+        if not isinstance(a, dict):
+            raise ValueError("arrayValue must be an object")
+        return "array", [_plain(x) for x in a.get("values") or []]
     if (kv := _get(v, "kvlistValue", "kvlist_value")) is not None:
-        return "kvlist", _json.encode(_plain_kvlist(kv)).decode()
+        if not isinstance(kv, dict):
+            raise ValueError("kvlistValue must be an object")
+        return "kvlist", {_str(item.get("key", "")): _plain(item.get("value"))
+                          for item in _objects(kv.get("values"), "values")}
     return "empty", None
 
 
 def _plain(v: object) -> object:
-    typ, value = _value(v)
-    if typ == "array" or typ == "kvlist":
-        return msgspec.json.decode(value)  # type: ignore[arg-type]
-    if typ == "bytes":
-        return base64.b64encode(value).decode()  # type: ignore[arg-type]
-    return value
-
-
-def _plain_array(a: object) -> list[object]:
-    if not isinstance(a, dict):
-        raise ValueError("arrayValue must be an object")
-    return [_plain(x) for x in a.get("values") or []]
-
-
-def _plain_kvlist(kv: object) -> dict[str, object]:
-    if not isinstance(kv, dict):
-        raise ValueError("kvlistValue must be an object")
-    return {_str(item.get("key", "")): _plain(item.get("value")) for item in _objects(kv.get("values"), "values")}
+    """A nested value as plain JSON data (see :mod:`msgtrace.schema` for how nested bytes are written)."""
+    typ, value = _typed(v)
+    return base64.b64encode(value).decode() if typ == "bytes" else value  # type: ignore[arg-type]
 
 
 def _int64(value: object) -> int:
