@@ -109,7 +109,7 @@ def test_kill_9_under_load_loses_and_duplicates_nothing(data_dir: Path) -> None:
     assert load.acked_spans() >= TARGET_ACKED_SPANS, "the load did not reach its target in time"
     assert max(restarts) < 5.0, restarts
 
-    rows = duckdb.execute(
+    rows = duckdb.connect().execute(
         "SELECT span_id, count(*) FROM read_parquet(?) GROUP BY span_id", [parquet_glob(data_dir)]
     ).fetchall()
     counts = {bytes.fromhex(span_id): n for span_id, n in rows}

@@ -160,7 +160,7 @@ def test_accepted_on_both_paths_and_lowercase_header(server: Server) -> None:
         response = server.post(path, body, lower)
         assert response.status_code == 200
     server.stop()
-    count, distinct = duckdb.execute(
+    count, distinct = duckdb.connect().execute(
         "SELECT count(*), count(DISTINCT span_id) FROM read_parquet(?)", [parquet_glob(server.data_dir)]
     ).fetchone()
     # the second delivery of the same spans is a duplicate and collapses at flush time

@@ -190,7 +190,7 @@ def stored(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
         assert response.status_code == 200
     finally:
         assert server.stop() == 0
-    rows = duckdb.sql("SELECT *, unhex(trace_id) AS trace_id_bytes FROM read_parquet(?)",
+    rows = duckdb.connect().sql("SELECT *, unhex(trace_id) AS trace_id_bytes FROM read_parquet(?)",
                       params=[parquet_glob(data_dir)]).to_arrow_table().to_pylist()
     return {row["span_id"]: row for row in rows}
 
@@ -255,5 +255,5 @@ def test_bad_ids_are_rejected_alone(server: Server) -> None:
     assert partial["rejectedSpans"] == "4"
     assert "traceId" in partial["errorMessage"]
     server.stop()
-    assert duckdb.execute("SELECT count(*) FROM read_parquet(?)", [parquet_glob(server.data_dir)]).fetchall() \
+    assert duckdb.connect().execute("SELECT count(*) FROM read_parquet(?)", [parquet_glob(server.data_dir)]).fetchall() \
         == [(1,)]

@@ -217,5 +217,5 @@ def test_503_with_retry_after_when_the_wal_budget_is_used_up(tmp_path) -> None: 
         assert httpx.get(f"{server.url}/health", timeout=5).status_code == 200
     finally:
         assert server.stop() == 0
-    rows = duckdb.execute("SELECT span_id FROM read_parquet(?)", [parquet_glob(data_dir)]).fetchall()
+    rows = duckdb.connect().execute("SELECT span_id FROM read_parquet(?)", [parquet_glob(data_dir)]).fetchall()
     assert sorted(r[0] for r in rows) == sorted(s["span_id"] for s in summary["spans"])  # the 200 kept, the 503 not

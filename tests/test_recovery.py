@@ -67,7 +67,7 @@ def _crash(data_dir: Path, point: str, requests: int = 4) -> None:
 
 
 def _stored(data_dir: Path) -> tuple[int, int]:
-    return duckdb.execute("SELECT count(*), count(DISTINCT span_id) FROM read_parquet(?)",
+    return duckdb.connect().execute("SELECT count(*), count(DISTINCT span_id) FROM read_parquet(?)",
                           [parquet_glob(data_dir)]).fetchall()[0]
 
 
