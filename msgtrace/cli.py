@@ -18,7 +18,6 @@ from msgtrace.errors import DataDirLocked
 app = typer.Typer(
     name="msgtrace",
     help="A columnar trace store for LLM agents and workflows: OTLP in, Parquet on disk, DuckDB and Polars out.",
-    no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
@@ -41,12 +40,14 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
+@app.callback(invoke_without_command=True)
 def _main(
+    ctx: typer.Context,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
 ) -> None:
-    pass
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
 
 
 @app.command()
@@ -88,10 +89,19 @@ app.command(name="start", help="Alias of 'msgtrace ingest'.")(ingest)
 
 
 def main() -> None:
+    """Console entry point: usage errors become one line on stderr and exit 2, never a panel or a traceback."""
     try:
-        app()
-    except KeyboardInterrupt:
+        code = app(standalone_mode=False, prog_name="msgtrace")
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
         sys.exit(130)
+    except typer.TyperException as exc:  # usage errors: bad option, bad value, unknown command
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        typer.echo(f"msgtrace: error: {exc.format_message()}{hint}", err=True)
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
