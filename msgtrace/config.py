@@ -47,8 +47,10 @@ class IngestConfig:
 
     # --- buffering and flushing -------------------------------------------------------------------------------
     flush_interval: float = 5.0  # age of the oldest buffered span that triggers a flush
-    flush_bytes: int = 48 * MiB  # buffered Arrow bytes that trigger a flush
-    buffer_limit_bytes: int = 160 * MiB  # buffered + flushing bytes above which ingest answers 503
+    # Buffered Arrow bytes that trigger a flush. Peak RSS grows by ~4x this (the buffer, the batch being flushed,
+    # its sorted copy, the Parquet writer's pages): 48 MiB peaked at 417 MB, 16 MiB at ~330 MB (benchmarks/).
+    flush_bytes: int = 16 * MiB
+    buffer_limit_bytes: int = 96 * MiB  # buffered + flushing bytes above which ingest answers 503
     wal_limit_bytes: int = 1024 * MiB  # WAL not yet retired above which ingest answers 503
     row_group_spans: int = 32_768
     parquet_compression_level: int = 3

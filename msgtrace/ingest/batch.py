@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from msgtrace.schema import (
     ATTR_VALUE,
@@ -47,8 +48,35 @@ ROW_FIELDS = ("trace_id", "span_id", "parent_span_id", "trace_state", "flags", "
               "dropped_attributes_count", "dropped_events_count", "dropped_links_count")
 
 
+class Truncator:
+    """Cuts a string or bytes value longer than ``limit`` and marks it (the span is never dropped); counts cuts."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+
+    def __call__(self, value):  # type: ignore[no-untyped-def]
+        limit = self.limit
+        if value is None or len(value) <= limit:
+            return value
+        self.count += 1
+        if isinstance(value, bytes):
+            return value[:limit] + _TRUNCATION_MARKER.format(kept=limit, total=len(value), unit="bytes").encode()
+        return value[:limit] + _TRUNCATION_MARKER.format(kept=limit, total=len(value), unit="characters")
+
+    def many(self, values):  # type: ignore[no-untyped-def]
+        """``values`` with every over-long one cut; the same list when none is (the common case, checked in C)."""
+        if not values or max(map(len, values)) <= self.limit:
+            return values
+        return [self(v) for v in values]
+
+
 class AttrSink:
-    """Flat columns of one map-typed attribute column: append key/type/value triples, then :meth:`close` a set."""
+    """Flat columns of one map-typed attribute column: append key/type/value triples, then :meth:`close` a set.
+
+    :meth:`build` splits the values by type in one pass and scatters each type's dense array into its struct child
+    in Arrow (one Python pass per attribute instead of one per attribute and child).
+    """
 
     __slots__ = ("offsets", "keys", "types", "values")
 
@@ -61,30 +89,40 @@ class AttrSink:
     def close(self) -> None:
         self.offsets.append(len(self.keys))
 
-    def build(self, cut) -> pa.MapArray:  # type: ignore[no-untyped-def]
-        types, values = self.types, self.values
-
-        def only(wanted: str, cuttable: bool = False) -> list[object]:
-            if cuttable:
-                return [cut(v) if t == wanted else None for t, v in zip(types, values, strict=True)]
-            return [v if t == wanted else None for t, v in zip(types, values, strict=True)]
-
-        json = [cut(v) if t == "array" or t == "kvlist" else None for t, v in zip(types, values, strict=True)]
-        items = pa.StructArray.from_arrays(
-            [
-                pa.array(types, pa.string()),
-                pa.array(only("string", True), pa.string()),
-                pa.array(only("bool"), pa.bool_()),
-                pa.array(only("int"), pa.int64()),
-                pa.array(only("double"), pa.float64()),
-                pa.array(only("bytes", True), pa.binary()),
-                pa.array(json, pa.string()),
-            ],
-            fields=list(ATTR_VALUE),
-        )
+    def build(self, cut: Truncator) -> pa.MapArray:
+        n = len(self.types)
+        buckets: dict[str, list[object]] = {child: [] for child in _CHILD_TYPES}
+        put = {typ: buckets[child].append for typ, child in _CHILD_OF.items()}
+        for typ, value in zip(self.types, self.values, strict=True):
+            if typ != "empty":
+                put[typ](value)
+        types = pa.array(self.types, pa.string())
+        children = []
+        for child, arrow_type in _CHILD_TYPES.items():
+            dense = buckets[child]
+            if not dense:
+                children.append(pa.nulls(n, arrow_type))
+                continue
+            if child in _CUTTABLE:
+                dense = cut.many(dense)
+            if len(dense) == n:
+                children.append(pa.array(dense, arrow_type))
+                continue
+            mask = pc.equal(types, child) if child != "json" else pc.or_(pc.equal(types, "array"),
+                                                                         pc.equal(types, "kvlist"))
+            children.append(pc.replace_with_mask(pa.nulls(n, arrow_type), mask, pa.array(dense, arrow_type)))
+        items = pa.StructArray.from_arrays([types, *children], fields=list(ATTR_VALUE))
         return pa.MapArray.from_arrays(
             pa.array(self.offsets, pa.int32()), pa.array(self.keys, pa.string()), items, type=ATTRIBUTES
         )
+
+
+# The value struct's typed children, in schema order, keyed by the attribute type that fills them.
+_CHILD_TYPES = {"string": pa.string(), "bool": pa.bool_(), "int": pa.int64(), "double": pa.float64(),
+                "bytes": pa.binary(), "json": pa.string()}
+_CHILD_OF = {"string": "string", "bool": "bool", "int": "int", "double": "double", "bytes": "bytes",
+             "array": "json", "kvlist": "json"}
+_CUTTABLE = frozenset({"string", "bytes", "json"})
 
 
 @dataclass
@@ -115,7 +153,7 @@ class SpanBatchBuilder:
         self.max_value_bytes = max_value_bytes
         self.rejected_spans = 0
         self.rejected_reasons: list[str] = []
-        self.truncated_values = 0
+        self._cut = Truncator(max_value_bytes)
         self.span_attrs = AttrSink()
         self.resource_attrs = AttrSink()
         self.scope_attrs = AttrSink()
@@ -192,12 +230,12 @@ class SpanBatchBuilder:
         for name in ROW_FIELDS:
             values = columns[name]
             if name in ("name", "status_message"):
-                values = [cut(v) for v in values]
+                values = cut.many(values)
             arrays[name] = pa.array(values, SPAN_SCHEMA.field(name).type)
         starts = columns["start_time_unix_nano"]
         ends = columns["end_time_unix_nano"]
-        arrays["duration_ns"] = pa.array([max(min(e - s, _INT64_MAX), -_INT64_MAX) for s, e in zip(starts, ends, strict=True)],
-                                         pa.int64())
+        arrays["duration_ns"] = pa.array(
+            [max(min(e - s, _INT64_MAX), -_INT64_MAX) for s, e in zip(starts, ends, strict=True)], pa.int64())
         received = self.received_unix_nano
         days = pa.array([partition_day(s, received) for s in starts], pa.int32())
         arrays.update(self._llm_columns())
@@ -219,7 +257,7 @@ class SpanBatchBuilder:
 
         times, names, edropped = _columns(self._events, 3)
         events = pa.StructArray.from_arrays(
-            [pa.array(times, pa.uint64()), pa.array([cut(n) for n in names], pa.string()),
+            [pa.array(times, pa.uint64()), pa.array(cut.many(names), pa.string()),
              self.event_attrs.build(cut), pa.array(edropped, pa.uint32())],
             fields=list(EVENT),
         )
@@ -234,7 +272,7 @@ class SpanBatchBuilder:
         arrays["links"] = pa.ListArray.from_arrays(pa.array(self._link_offsets, pa.int32()), links,
                                                    type=pa.list_(LINK))
         batch = pa.RecordBatch.from_arrays([arrays[f.name] for f in SPAN_SCHEMA], schema=SPAN_SCHEMA)
-        return BuiltBatch(batch, days, self.rejected_spans, self.rejected_reasons, self.truncated_values)
+        return BuiltBatch(batch, days, self.rejected_spans, self.rejected_reasons, cut.count)
 
     def _llm_columns(self) -> dict[str, pa.Array]:
         found = self._llm
@@ -256,17 +294,6 @@ class SpanBatchBuilder:
         out["cost"] = pa.array(cost, pa.float64())
         out["total_tokens"] = pa.array(total, pa.int64())
         return out
-
-    def _cut(self, value):  # type: ignore[no-untyped-def]
-        """Cut a string or bytes value longer than the cap, with a marker saying so (the span is never dropped)."""
-        cap = self.max_value_bytes
-        if value is None or len(value) <= cap:
-            return value
-        self.truncated_values += 1
-        if isinstance(value, bytes):
-            return value[:cap] + _TRUNCATION_MARKER.format(kept=cap, total=len(value), unit="bytes").encode()
-        return value[:cap] + _TRUNCATION_MARKER.format(kept=cap, total=len(value), unit="characters")
-
 
 def _columns(rows: list[tuple], width: int) -> list[tuple]:
     return list(zip(*rows, strict=True)) if rows else [()] * width

@@ -73,7 +73,7 @@ class Ingestor:
         self._stopping = False
         self._flusher: threading.Thread | None = None
         self._dir_lock = DirLock(self.layout.lock_path)
-        self._recent_keys: set[str] = set()  # span keys of the previous flush, for duplicate collapse
+        self._recent_keys: pa.Array | None = None  # span keys of the previous flush, for duplicate collapse
         self.started = False
 
     # --- lifecycle ------------------------------------------------------------------------------------------
@@ -176,19 +176,23 @@ class Ingestor:
         return table.num_rows
 
     def _drop_duplicates(self, table: pa.Table, days: pa.Array) -> tuple[pa.Table, pa.Array, int]:
-        keys = pc.binary_join_element_wise(table["trace_id"], table["span_id"], "").to_pylist()
-        previous = self._recent_keys
-        seen: set[str] = set()
-        keep = []
-        for key in keys:
-            keep.append(key not in seen and key not in previous)
-            seen.add(key)
-        self._recent_keys = seen
-        dropped = len(keep) - sum(keep)
+        """Drop rows whose (trace_id, span_id) came earlier in this flush or in the previous one.
+
+        Vectorised (Arrow group-by and is_in), so the flusher thread holds the GIL only briefly.
+        """
+        keys = pc.binary_join_element_wise(table["trace_id"], table["span_id"], "")
+        if isinstance(keys, pa.ChunkedArray):
+            keys = keys.combine_chunks()
+        first = pa.table({"k": keys, "i": pa.array(range(len(keys)), pa.int64())}) \
+            .group_by("k", use_threads=False).aggregate([("i", "min")])
+        keep = pc.is_in(pa.array(range(len(keys)), pa.int64()), value_set=first["i_min"])
+        if self._recent_keys is not None:
+            keep = pc.and_(keep, pc.invert(pc.is_in(keys, value_set=self._recent_keys)))
+        self._recent_keys = keys
+        dropped = len(keys) - pc.sum(keep).as_py() if len(keys) else 0
         if not dropped:
             return table, days, 0
-        mask = pa.array(keep)
-        return table.filter(mask), days.filter(mask), dropped
+        return table.filter(keep), days.filter(keep), dropped
 
     def _flush_loop(self) -> None:
         interval = self.config.flush_interval
