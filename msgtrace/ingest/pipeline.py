@@ -153,19 +153,25 @@ class Ingestor:
                 self.flush_stats.errors += 1
                 self.flush_stats.last_error = f"{type(exc).__name__}: {exc}"
                 raise
-            self.wal.set_checkpoint(entries[-1].seq)
+            # The parts are published: the buffer lets go first, then the WAL is retired. If the checkpoint
+            # cannot be written, the next flush's checkpoint covers this range too, and a replay before that
+            # rewrites the range under the same part names (see _replay), so nothing is duplicated.
             with self._lock:
                 self.buffer.done(entries)
+            self.wal.set_checkpoint(entries[-1].seq)
             return written
 
     def _write(self, entries: list[BufferedBatch]) -> int:
         started = time.monotonic()
         table = pa.Table.from_batches([e.built.batch for e in entries])
         days = pa.chunked_array([e.built.days for e in entries], pa.int32()).combine_chunks()
-        table, days, dropped = self._drop_duplicates(table, days)
+        table, days, keys, dropped = self._drop_duplicates(table, days)
         paths = write_parts(self.layout, table, days, entries[0].seq, entries[-1].seq,
                             row_group_spans=self.config.row_group_spans,
                             compression_level=self.config.parquet_compression_level)
+        # Only a published flush becomes "the previous flush": after a failed one, its rows come back for a
+        # retry and must not be mistaken for duplicates of themselves.
+        self._recent_keys = keys
         s = self.flush_stats
         s.flushes += 1
         s.spans_written += table.num_rows
@@ -175,8 +181,9 @@ class Ingestor:
         s.last_flush_seconds = time.monotonic() - started
         return table.num_rows
 
-    def _drop_duplicates(self, table: pa.Table, days: pa.Array) -> tuple[pa.Table, pa.Array, int]:
-        """Drop rows whose (trace_id, span_id) came earlier in this flush or in the previous one.
+    def _drop_duplicates(self, table: pa.Table, days: pa.Array) -> tuple[pa.Table, pa.Array, pa.Array, int]:
+        """Drop rows whose (trace_id, span_id) came earlier in this flush or in the previous one; returns the
+        rows kept, their days, this flush's keys and how many rows were dropped.
 
         Vectorised (Arrow group-by and is_in), so the flusher thread holds the GIL only briefly.
         """
@@ -188,11 +195,10 @@ class Ingestor:
         keep = pc.is_in(pa.array(range(len(keys)), pa.int64()), value_set=first["i_min"])
         if self._recent_keys is not None:
             keep = pc.and_(keep, pc.invert(pc.is_in(keys, value_set=self._recent_keys)))
-        self._recent_keys = keys
         dropped = len(keys) - pc.sum(keep).as_py() if len(keys) else 0
         if not dropped:
-            return table, days, 0
-        return table.filter(keep), days.filter(keep), dropped
+            return table, days, keys, 0
+        return table.filter(keep), days.filter(keep), keys, dropped
 
     def _flush_loop(self) -> None:
         interval = self.config.flush_interval

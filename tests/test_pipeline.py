@@ -1,0 +1,149 @@
+"""The ingest pipeline in-process, on real files: budgets, a failing flush, duplicate collapse, durability order."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from pathlib import Path
+
+import duckdb
+import httpx
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from msgtrace.config import IngestConfig
+from msgtrace.errors import Overloaded
+from msgtrace.ingest.decode import WireFormat
+from msgtrace.ingest.pipeline import Ingestor
+from tests.conftest import Server, parquet_glob
+
+MiB = 1024 * 1024
+
+
+def body(first: int, n: int = 100, start_ns: int | None = None) -> bytes:
+    request = ExportTraceServiceRequest()
+    scope = request.resource_spans.add().scope_spans.add()
+    for i in range(first, first + n):
+        span = scope.spans.add()
+        span.trace_id, span.span_id, span.name = i.to_bytes(16, "big"), i.to_bytes(8, "big"), "s"
+        span.start_time_unix_nano = start_ns or time.time_ns()
+        kv = span.attributes.add()
+        kv.key, kv.value.string_value = "gen_ai.prompt", "x" * 2000
+    return request.SerializeToString()
+
+
+def stored(data_dir: Path) -> tuple[int, int]:
+    return duckdb.connect().execute("SELECT count(*), count(DISTINCT span_id) FROM read_parquet(?)",
+                                    [parquet_glob(data_dir)]).fetchall()[0]
+
+
+@pytest.fixture
+def ingestor(data_dir: Path):  # type: ignore[no-untyped-def]
+    ing = Ingestor(IngestConfig(data_dir=data_dir, flush_interval=3600, flush_bytes=1 * MiB,
+                                buffer_limit_bytes=4 * MiB))
+    ing.start()
+    yield ing
+    ing.close()
+
+
+def test_stalled_flush_turns_into_503_before_anything_is_written(ingestor: Ingestor, data_dir: Path) -> None:
+    accepted = 0
+    with ingestor._flush_lock:  # the flush is stuck (a slow disk, say): the buffer fills up
+        with pytest.raises(Overloaded):
+            for i in range(1000):
+                ingestor.accept(WireFormat.PROTOBUF, body(i * 100 + 1), time.time_ns())
+                accepted += 100
+        wal_before = ingestor.wal.size_bytes
+        with pytest.raises(Overloaded):  # refused before decoding or logging: the WAL does not grow
+            ingestor.accept(WireFormat.PROTOBUF, body(10**6), time.time_ns())
+        assert ingestor.wal.size_bytes == wal_before
+    assert accepted >= 100
+    deadline = time.monotonic() + 5  # the flusher catches up once unstuck, and ingest is admitted again
+    while time.monotonic() < deadline:
+        try:
+            ingestor.admit()
+            break
+        except Overloaded:
+            time.sleep(0.05)
+    ingestor.accept(WireFormat.PROTOBUF, body(2 * 10**6), time.time_ns())
+    ingestor.flush()
+    assert stored(data_dir) == (accepted + 100, accepted + 100)
+
+
+def test_failed_flush_keeps_everything_and_retries(ingestor: Ingestor, data_dir: Path) -> None:
+    today = dt.datetime.now(dt.UTC).date().isoformat()
+    (data_dir / "spans" / f"date={today}").write_text("a file where the day directory should be")
+    ingestor.accept(WireFormat.PROTOBUF, body(1), time.time_ns())
+    with pytest.raises(OSError):
+        ingestor.flush()
+    status = ingestor.status()
+    assert status["flush"]["errors"] == 1 and "Error" in status["flush"]["last_error"]
+    assert status["buffer"]["pending_spans"] == 100  # given back, still readable and in the WAL
+    assert status["wal"]["checkpoint"] == 0
+    (data_dir / "spans" / f"date={today}").unlink()  # the fault clears
+    ingestor.accept(WireFormat.PROTOBUF, body(101), time.time_ns())
+    assert ingestor.flush() == 200
+    assert stored(data_dir) == (200, 200)
+    assert ingestor.status()["wal"]["checkpoint"] == 2
+
+
+def test_duplicates_collapse_within_a_flush_and_against_the_previous_one(ingestor: Ingestor,
+                                                                          data_dir: Path) -> None:
+    ingestor.accept(WireFormat.PROTOBUF, body(1), time.time_ns())
+    ingestor.accept(WireFormat.PROTOBUF, body(51), time.time_ns())  # 50 of these are retries
+    assert ingestor.flush() == 150
+    ingestor.accept(WireFormat.PROTOBUF, body(101), time.time_ns())  # 50 repeat the previous flush
+    assert ingestor.flush() == 50
+    assert stored(data_dir) == (200, 200)
+    assert ingestor.status()["flush"]["duplicates_dropped"] == 100
+
+
+def test_spans_from_two_days_go_to_two_partitions(ingestor: Ingestor, data_dir: Path) -> None:
+    yesterday = time.time_ns() - 86_400 * 10**9
+    ingestor.accept(WireFormat.PROTOBUF, body(1, start_ns=yesterday), time.time_ns())
+    ingestor.accept(WireFormat.PROTOBUF, body(101), time.time_ns())
+    ingestor.flush()
+    days = duckdb.connect().execute(
+        "SELECT date, count(*) FROM read_parquet(?, hive_partitioning = true) GROUP BY date ORDER BY date",
+        [parquet_glob(data_dir)]).fetchall()
+    assert [n for _, n in days] == [100, 100]
+    assert days[1][0] - days[0][0] == dt.timedelta(days=1)
+
+
+def test_wal_is_retired_once_flushed(ingestor: Ingestor) -> None:
+    for i in range(5):
+        ingestor.accept(WireFormat.PROTOBUF, body(i * 100 + 1), time.time_ns())
+    assert ingestor.wal.size_bytes > 5 * 100 * 2000
+    ingestor.flush()
+    assert ingestor.wal.size_bytes == 0
+    assert len(list((ingestor.layout.wal_dir).glob("*.wal"))) == 1  # only the (empty) active segment
+
+
+def test_inflight_budget_refuses_a_second_large_upload(data_dir: Path) -> None:
+    server = Server(data_dir, env={"MSGTRACE_MAX_INFLIGHT_BYTES": str(1 * MiB)})
+    server.start()
+    release = threading.Event()
+
+    def slow_body():  # type: ignore[no-untyped-def]  # chunked, no Content-Length: the whole limit is reserved
+        yield b""
+        release.wait(10)
+        yield body(1)
+
+    results: list[int] = []
+    first = threading.Thread(target=lambda: results.append(httpx.post(
+        f"{server.url}/v1/traces", content=slow_body(), headers={"Content-Type": "application/x-protobuf"},
+        timeout=30).status_code))
+    first.start()
+    try:
+        time.sleep(0.5)
+        refused = server.post("/v1/traces", body(1000), {"Content-Type": "application/x-protobuf"})
+        assert refused.status_code == 503
+        assert refused.headers["retry-after"] == "1"
+    finally:
+        release.set()
+        first.join(15)
+    assert results == [200]
+    assert server.post("/v1/traces", body(2000), {"Content-Type": "application/x-protobuf"}).status_code == 200
+    assert server.stop() == 0
+    assert stored(data_dir) == (200, 200)
