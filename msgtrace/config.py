@@ -60,6 +60,10 @@ class IngestConfig:
     max_inflight_bytes: int = 256 * MiB  # request bodies being read or decoded at once; above it, 503
     max_attribute_value_bytes: int = 1 * MiB  # longer strings/bytes are cut with a marker (prompts fit)
 
+    # --- queries ----------------------------------------------------------------------------------------------
+    query_timeout: float = 10.0  # seconds before a query is interrupted (504)
+    query_max_rows: int = 10_000  # rows a query returns at most; results say `truncated`
+
     @classmethod
     def from_env(cls, **overrides: object) -> IngestConfig:
         """Defaults, then ``MSGTRACE_*`` environment variables, then explicit ``overrides`` (non-None only)."""
@@ -79,7 +83,7 @@ class IngestConfig:
             raise ValueError(f"fsync must be one of {', '.join(FSYNC_POLICIES)}, not {self.fsync!r}")
         if not 0 < self.port < 65536:
             raise ValueError(f"port must be between 1 and 65535, not {self.port}")
-        for name in ("flush_interval", "flush_bytes", "buffer_limit_bytes", "wal_limit_bytes", "max_request_bytes",
+        for name in ("query_timeout", "query_max_rows", "flush_interval", "flush_bytes", "buffer_limit_bytes", "wal_limit_bytes", "max_request_bytes",
                      "max_inflight_bytes", "max_attribute_value_bytes", "wal_segment_bytes", "row_group_spans"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, not {getattr(self, name)}")

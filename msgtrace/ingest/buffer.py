@@ -67,6 +67,15 @@ class SpanBuffer:
         self.pending_bytes += sum(e.nbytes for e in entries)
         self.pending_spans += sum(e.built.num_spans for e in entries)
 
-    def batches(self) -> list[pa.RecordBatch]:
-        """Everything not yet published, for readers that want the live state."""
-        return [e.built.batch for e in self.flushing + self.pending]
+    def entries(self) -> list[BufferedBatch]:
+        """Everything not yet published (being flushed, then pending), for readers of the live state."""
+        return self.flushing + self.pending
+
+
+def live_table(entries: list[BufferedBatch]) -> pa.Table | None:
+    """The buffered spans as one table in the shape of the Parquet files read with their ``date`` partition."""
+    if not entries:
+        return None
+    table = pa.Table.from_batches([e.built.batch for e in entries])
+    days = pa.chunked_array([e.built.days for e in entries], pa.int32()).cast(pa.date32())
+    return table.append_column("date", days)

@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 from msgtrace.config import IngestConfig
 from msgtrace.errors import Overloaded
 from msgtrace.ingest.batch import BuiltBatch
-from msgtrace.ingest.buffer import BufferedBatch, SpanBuffer
+from msgtrace.ingest.buffer import BufferedBatch, SpanBuffer, live_table
 from msgtrace.ingest.decode import WireFormat, decode_request
 from msgtrace.ingest.wal import WalRecord, WriteAheadLog
 from msgtrace.storage.layout import StoreLayout, part_range
@@ -250,6 +250,12 @@ class Ingestor:
 
     def _decode_record(self, record: WalRecord) -> BuiltBatch:
         return self.decode(WireFormat(record.wire_format), record.body, record.received_unix_nano)
+
+    def live_table(self) -> pa.Table | None:
+        """Spans acknowledged but not yet in Parquet, for queries (the query engine's ``live`` source)."""
+        with self._lock:
+            entries = self.buffer.entries()
+        return live_table(entries)
 
     # --- status ---------------------------------------------------------------------------------------------
     def status(self) -> dict[str, object]:

@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
@@ -29,7 +30,10 @@ from msgtrace.ingest.receive import (
     success_body,
     wire_format,
 )
-from msgtrace.server import errors
+from msgtrace.server import errors, query_api
+
+if TYPE_CHECKING:
+    from msgtrace.query.store import Store
 
 log = logging.getLogger("msgtrace.server")
 
@@ -79,6 +83,7 @@ def create_app(ingestor: Ingestor) -> FastAPI:
             yield
         finally:
             await run_in_threadpool(ingestor.close)  # flush everything before the process exits
+            app.state.store.close()
 
     app = FastAPI(
         title="msgtrace",
@@ -87,7 +92,18 @@ def create_app(ingestor: Ingestor) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.ingestor = ingestor
+
+    # Queries see the Parquet files plus the live buffer, so a span is readable as soon as its 200 is sent. The
+    # query stack (DuckDB and its views, ~50 MB) is loaded by the first query, not by an ingest-only server.
+    def make_store() -> Store:
+        from msgtrace.query.store import Store
+
+        return Store(config.data_dir, live=ingestor.live_table, timeout=config.query_timeout,
+                     max_rows=config.query_max_rows)
+
+    app.state.store = LazyStore(make_store)
     errors.install(app)
+    app.include_router(query_api.router, prefix="/api/v1")
     inflight = ByteBudget(config.max_inflight_bytes)
 
     async def export(request: Request) -> Response:
@@ -130,6 +146,26 @@ def create_app(ingestor: Ingestor) -> FastAPI:
         return JSONResponse(status | {"version": __version__}, status_code=503 if failed else 200)
 
     return app
+
+
+class LazyStore:
+    """Builds the :class:`Store` on first use (thread-safe); ``get()`` returns it."""
+
+    def __init__(self, factory):  # type: ignore[no-untyped-def]
+        self._factory = factory
+        self._store: Store | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Store:
+        if self._store is None:
+            with self._lock:
+                if self._store is None:
+                    self._store = self._factory()
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
 
 
 def _accept(ingestor: Ingestor, fmt: WireFormat, encoding: str, wire: bytes, received: int):  # type: ignore[no-untyped-def]

@@ -1,0 +1,167 @@
+"""The query engine: the one gateway through which the server, the CLI and the Python API run SQL.
+
+It owns a DuckDB database holding the views and macros of ``sql/*.sql`` (the single source of query truth). Each
+query gets its own cursor, on which ``spans_source`` — the relation every view reads — is bound to a snapshot: the
+Parquet parts that exist when the query starts (an explicit list, so a flush publishing a part mid-query changes
+nothing) plus, inside the server, the spans still in memory (``live``), so a span is queryable as soon as its 200
+was sent. Duplicates between the two (a flush publishing while the query starts) collapse in the ``spans`` view.
+
+Every query runs with a time limit (the cursor is interrupted: :class:`QueryTimeout`) and a row cap (the result says
+``truncated``). Values are always bound as parameters; identifiers and paths go through :func:`quote_literal` /
+:func:`quote_ident`, never raw into SQL.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from msgtrace.errors import MsgtraceError
+from msgtrace.schema import SPAN_SCHEMA
+from msgtrace.storage.layout import StoreLayout
+
+SOURCE_SCHEMA = SPAN_SCHEMA.append(pa.field("date", pa.date32()))
+LiveSource = Callable[[], pa.Table | None]
+
+
+def sql_dir() -> Path:
+    """``sql/`` of a source checkout, or the copy packaged inside an installed wheel."""
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here / "sql", here.parent / "sql"):
+        if (candidate / "10_spans.sql").exists():
+            return candidate
+    raise FileNotFoundError("msgtrace's sql/ directory is missing from this installation")
+
+
+def view_statements() -> list[str]:
+    """The view and macro definitions, in file order, without the shell-only ``spans_source``."""
+    return [p.read_text() for p in sorted(sql_dir().glob("*.sql")) if not p.name.startswith("00_")]
+
+
+def shell_init_sql(data_dir: Path) -> str:
+    """Everything a plain ``duckdb`` shell needs to see the store through the views."""
+    files = [sql_dir() / "00_source.sql"]
+    setup = f"SET VARIABLE msgtrace_data_dir = {quote_literal(str(data_dir.expanduser().resolve()))};\n"
+    return setup + "\n".join(p.read_text() for p in files) + "\n" + "\n".join(view_statements())
+
+
+def named_query(name: str) -> str:
+    return (sql_dir() / "queries" / f"{name}.sql").read_text()
+
+
+def quote_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+class QueryError(MsgtraceError):
+    """The SQL failed (bad user SQL, or a bug): 400 for user SQL."""
+
+    status = 400
+
+
+class QueryTimeout(MsgtraceError):
+    """The query ran past its time limit and was interrupted."""
+
+    status = 504
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    table: pa.Table
+    truncated: bool
+    elapsed_ms: float
+
+    def rows(self) -> list[dict[str, Any]]:
+        return self.table.to_pylist()
+
+
+class QueryEngine:
+    def __init__(self, data_dir: Path | str, *, live: LiveSource | None = None, timeout: float = 10.0,
+                 max_rows: int = 10_000, threads: int | None = None) -> None:
+        self.layout = StoreLayout(Path(data_dir).expanduser())
+        self.timeout = timeout
+        self.max_rows = max_rows
+        self._live = live
+        config = {"threads": threads} if threads else {}
+        self._db = duckdb.connect(config=config)
+        self._empty = SOURCE_SCHEMA.empty_table()
+        # Views are bound when created, so a typed, empty spans_source must exist first; each cursor then
+        # shadows it with a temp view over its own snapshot (temp objects win name resolution).
+        self._db.register("empty_source", self._empty)
+        self._db.execute("CREATE TABLE spans_source_schema AS SELECT * FROM empty_source")
+        self._db.unregister("empty_source")
+        self._db.execute("CREATE VIEW spans_source AS SELECT * FROM spans_source_schema")
+        for statement in view_statements():
+            self._db.execute(statement)
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A cursor whose ``spans_source`` is a snapshot of the store taken now, closed on exit."""
+        cur = self.snapshot()
+        try:
+            yield cur
+        finally:
+            cur.close()
+
+    def snapshot(self) -> duckdb.DuckDBPyConnection:
+        """A cursor bound to the store as it is now; the caller closes it."""
+        cur = self._db.cursor()
+        try:
+            self._bind_source(cur)
+        except BaseException:
+            cur.close()
+            raise
+        return cur
+
+    def _bind_source(self, cur: duckdb.DuckDBPyConnection) -> None:
+        parts = [str(p) for p in self.layout.parts()]
+        live = self._live() if self._live is not None else None
+        selects = []
+        if parts:
+            files = ", ".join(quote_literal(p) for p in parts)
+            selects.append(f"SELECT * FROM read_parquet([{files}], hive_partitioning = true, union_by_name = true)")
+        if live is not None and live.num_rows:
+            cur.register("live_spans", live)
+            selects.append("SELECT * FROM live_spans")
+        if selects:
+            cur.execute("CREATE OR REPLACE TEMP VIEW spans_source AS " + " UNION ALL BY NAME ".join(selects))
+
+    def run(self, sql: str, params: dict[str, Any] | list[Any] | None = None, *, max_rows: int | None = None,
+            timeout: float | None = None) -> QueryResult:
+        """Run one statement; at most ``max_rows`` rows come back (``truncated`` says if there were more)."""
+        cap = self.max_rows if max_rows is None else max_rows
+        started = time.perf_counter()
+        with self.cursor() as cur:
+            timer = threading.Timer(self.timeout if timeout is None else timeout, cur.interrupt)
+            timer.start()
+            try:
+                reader = cur.sql(sql, params=params).to_arrow_reader(min(cap + 1, 65_536) or 1)
+                batches, rows = [], 0
+                for batch in reader:
+                    batches.append(batch)
+                    rows += batch.num_rows
+                    if rows > cap:
+                        break
+                table = pa.Table.from_batches(batches, schema=reader.schema)
+            except duckdb.InterruptException:
+                raise QueryTimeout(f"query ran longer than {timer.interval:g} s and was stopped") from None
+            except duckdb.Error as exc:
+                raise QueryError(str(exc).splitlines()[0]) from None
+            finally:
+                timer.cancel()
+        return QueryResult(table.slice(0, cap), rows > cap, (time.perf_counter() - started) * 1000)
