@@ -6,7 +6,7 @@
 
 What it does, in order (see benchmarks/README.md for what each figure means):
 
-1. builds the workload (benchmarks/workload.py) and pre-serializes every request body before any timing;
+1. builds the workload (msgtrace/synthetic.py) and pre-serializes every request body before any timing;
 2. starts ``python -m msgtrace ingest`` on a free port and a fresh data directory (default fsync policy ``batch``),
    POSTs the bodies from N keep-alive clients, counts spans of 200 responses only, then SIGTERMs the server (which
    flushes everything to Parquet) and counts the drain in the durable rate; samples the server's RSS every 50 ms;
@@ -38,8 +38,7 @@ from pathlib import Path
 
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from workload import Workload, build_workload, describe  # noqa: E402
+from msgtrace.synthetic import Workload, build_workload, describe  # noqa: E402
 
 TARGETS = {"e2e_spans_per_s": 30_000, "e2e_pct_of_inprocess": 40.0, "disk_pct_of_protobuf": 25.0, "peak_rss_mb": 400}
 PATH = "/v1/traces"

@@ -1,4 +1,5 @@
-"""Deterministic, realistic LLM-agent traces as OTLP/HTTP protobuf request bodies, for the benchmarks.
+"""Deterministic, realistic LLM-agent traces as OTLP/HTTP protobuf request bodies: the workload of the benchmarks,
+the tests and the example notebook (``msgtrace.synthetic.build_workload``).
 
 One trace is what an agent framework instrumented with the msgtrace SDK emits for one user request (5-15 spans)::
 
@@ -13,14 +14,14 @@ One trace is what an agent framework instrumented with the msgtrace SDK emits fo
         chat <model>
 
 About 3 % of the leaf spans fail: status ERROR and an ``exception`` event (type, message, stacktrace). Children lie
-inside their parent's interval; traces start within the last 10 minutes of ``base_time_ns``.
+inside their parent's interval; traces start within the ``spread_ns`` (default 10 minutes) before ``base_time_ns``.
 
 A request body holds ``batch`` spans from one service (one resource, scope ``msgtrace.sdk``), the way an SDK batch
 exporter in one process sends them; a trace cut at a request boundary continues in that service's next request.
 
-Everything is a function of ``(seed, base_time_ns)``: the same arguments give byte-identical bodies.
+Everything is a function of the arguments: the same arguments give byte-identical bodies.
 
-    python benchmarks/workload.py --spans 2048 --show 3     # statistics and a few spans as OTLP JSON
+    python -m msgtrace.synthetic --spans 2048 --show 3     # statistics and a few spans as OTLP JSON
 """
 
 from __future__ import annotations
@@ -199,7 +200,7 @@ class TraceGenerator:
             if v:
                 return v.to_bytes(nbytes, "big")
 
-    def trace(self, base_time_ns: int) -> list[Span]:
+    def trace(self, base_time_ns: int, spread_ns: int = 600_000 * MS) -> list[Span]:
         r = self.rng
         trace_id = self._id(16)
         user = f"user-{r.randrange(5000):05d}"
@@ -207,7 +208,7 @@ class TraceGenerator:
         workflow = r.choice(self.workflows)
         agent_name = r.choice(self.agents)
         provider, model, p_in, p_out = r.choice(MODELS)
-        start = base_time_ns - r.randrange(600_000) * MS  # within the last 10 minutes
+        start = base_time_ns - r.randrange(max(spread_ns // MS, 1)) * MS  # within the spread before the base
         spans: list[Span] = []
 
         def new(name: str, parent: Span | None, kind: int, attrs: dict[str, object]) -> Span:
@@ -355,8 +356,10 @@ class Workload:
         return self.total_bytes / max(self.total_spans, 1)
 
 
-def build_workload(total_spans: int, batch: int = 512, seed: int = 42, base_time_ns: int | None = None) -> Workload:
-    """``ceil(total_spans / batch)`` request bodies of exactly ``batch`` spans each."""
+def build_workload(total_spans: int, batch: int = 512, seed: int = 42, base_time_ns: int | None = None,
+                   spread_ns: int = 600_000 * MS) -> Workload:
+    """``ceil(total_spans / batch)`` request bodies of exactly ``batch`` spans each, whose traces start within
+    ``spread_ns`` before ``base_time_ns`` (default: now)."""
     base = time.time_ns() if base_time_ns is None else base_time_ns
     r = random.Random(seed)
     names = list(SERVICES)
@@ -371,7 +374,7 @@ def build_workload(total_spans: int, batch: int = 512, seed: int = 42, base_time
         service = r.choices(names, SERVICE_WEIGHTS)[0]
         queue = pending[service]
         while len(queue) < batch:
-            queue.extend(gens[service].trace(base))
+            queue.extend(gens[service].trace(base, spread_ns))
         spans, pending[service] = queue[:batch], queue[batch:]
         request = ExportTraceServiceRequest(resource_spans=[ResourceSpans(
             resource=r.choice(resources[service]),
