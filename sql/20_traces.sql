@@ -33,8 +33,8 @@ WITH agg AS (
 )
 SELECT
     agg.trace_id,
-    make_timestamp_ns(TRY_CAST(agg.start_time_unix_nano AS BIGINT)) AS start_time,
-    make_timestamp_ns(TRY_CAST(agg.end_time_unix_nano AS BIGINT)) AS end_time,
+    make_timestamp(TRY_CAST(agg.start_time_unix_nano // 1000 AS BIGINT)) AS start_time,
+    make_timestamp(TRY_CAST(agg.end_time_unix_nano // 1000 AS BIGINT)) AS end_time,
     (TRY_CAST(agg.end_time_unix_nano AS BIGINT) - TRY_CAST(agg.start_time_unix_nano AS BIGINT)) / 1e6
         AS duration_ms,
     root.span_id AS root_span_id,

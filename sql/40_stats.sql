@@ -9,8 +9,8 @@ WITH
                status = 'ERROR' AS is_error, duration_ms, input_tokens, output_tokens, total_tokens, cost
         FROM traces
         WHERE dimension IN ('workflow', 'day')
-          AND (since IS NULL OR start_time >= CAST(since AS TIMESTAMP_NS))
-          AND (until IS NULL OR start_time < CAST(until AS TIMESTAMP_NS))
+          AND (since IS NULL OR start_time >= CAST(since AS TIMESTAMP))
+          AND (until IS NULL OR start_time < CAST(until AS TIMESTAMP))
     ),
     calls AS (
         SELECT CASE dimension WHEN 'model' THEN model WHEN 'service' THEN service_name ELSE name END AS key,
@@ -18,8 +18,8 @@ WITH
         FROM spans
         WHERE dimension IN ('model', 'service', 'name')
           AND (dimension <> 'model' OR model IS NOT NULL)
-          AND (since IS NULL OR start_time >= CAST(since AS TIMESTAMP_NS))
-          AND (until IS NULL OR start_time < CAST(until AS TIMESTAMP_NS))
+          AND (since IS NULL OR start_time >= CAST(since AS TIMESTAMP))
+          AND (until IS NULL OR start_time < CAST(until AS TIMESTAMP))
     ),
     rows AS (SELECT * FROM runs UNION ALL SELECT * FROM calls)
 SELECT

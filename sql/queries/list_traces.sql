@@ -4,8 +4,8 @@
 SELECT trace_id, start_time, end_time, duration_ms, root_name, service_name, workflow, span_count, error_count,
        status, input_tokens, output_tokens, total_tokens, cost, user_id, session_id, models
 FROM traces AS t
-WHERE ($since IS NULL OR t.start_time >= CAST($since AS TIMESTAMP_NS))
-  AND ($until IS NULL OR t.start_time < CAST($until AS TIMESTAMP_NS))
+WHERE ($since IS NULL OR t.start_time >= CAST($since AS TIMESTAMP))
+  AND ($until IS NULL OR t.start_time < CAST($until AS TIMESTAMP))
   AND ($service IS NULL OR t.service_name = $service OR list_contains(t.services, $service))
   AND ($workflow IS NULL OR t.workflow = $workflow)
   AND ($status IS NULL OR t.status = upper($status))

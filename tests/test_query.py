@@ -1,0 +1,351 @@
+"""The views (through the Python API) against an independent computation, on a store built by the real ingest
+pipeline: the three captured client requests plus ≥ 100,000 generated spans over 7 days (many workflows, models,
+services and errors), with duplicate deliveries across flushes and traces whose root arrives late or never.
+
+The expected values are computed here in plain Python from the raw Parquet rows (read with plain DuckDB), never
+from msgtrace's SQL.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import duckdb
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+import msgtrace
+from msgtrace.config import IngestConfig
+from msgtrace.ingest.decode import WireFormat
+from msgtrace.ingest.pipeline import Ingestor
+from msgtrace.query.store import InvalidArgument, Store, TraceNotFound
+from msgtrace.synthetic import build_workload
+from tests.conftest import CAPTURES, capture, parquet_glob
+
+DAY_NS = 86_400 * 10**9
+SPANS = 100_352  # 196 requests of 512
+
+
+def _late_and_rootless(now: int) -> tuple[bytes, bytes, bytes]:
+    """A trace whose root arrives in a later request, and a trace whose root never arrives."""
+    late = ExportTraceServiceRequest()
+    scope = late.resource_spans.add().scope_spans.add()
+    trace, root = bytes.fromhex("aa" * 16), bytes.fromhex("a1" * 8)
+    for i in range(3):
+        child = scope.spans.add()
+        child.trace_id, child.span_id, child.parent_span_id = trace, bytes([0xA2, i + 1]) + bytes(6), root
+        child.name, child.start_time_unix_nano, child.end_time_unix_nano = f"step-{i}", now + i, now + i + 10
+    root_req = ExportTraceServiceRequest()
+    span = root_req.resource_spans.add().scope_spans.add().spans.add()
+    span.trace_id, span.span_id, span.name = trace, root, "late_root_flow"
+    span.start_time_unix_nano, span.end_time_unix_nano = now - 5, now + 100
+    kv = span.attributes.add()
+    kv.key, kv.value.string_value = "workflow.name", "late_workflow"
+    rootless = ExportTraceServiceRequest()
+    scope = rootless.resource_spans.add().scope_spans.add()
+    for i in range(2):
+        orphan = scope.spans.add()
+        orphan.trace_id, orphan.span_id = bytes.fromhex("bb" * 16), bytes([0xB2, i + 1]) + bytes(6)
+        orphan.parent_span_id, orphan.name = bytes.fromhex("b1" * 8), f"orphan-{i}"
+        orphan.start_time_unix_nano, orphan.end_time_unix_nano = now + 10 * i, now + 10 * i + 5
+    return late.SerializeToString(), root_req.SerializeToString(), rootless.SerializeToString()
+
+
+@pytest.fixture(scope="module")
+def store_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    data_dir = tmp_path_factory.mktemp("query") / "data"
+    ingestor = Ingestor(IngestConfig(data_dir=data_dir, flush_interval=3600))
+    ingestor.start()
+    now = time.time_ns()
+    workload = build_workload(SPANS, 512, seed=11, base_time_ns=now, spread_ns=7 * DAY_NS)
+    for body in workload.bodies:
+        ingestor.accept(WireFormat.PROTOBUF, body, now)
+        if ingestor.buffer.total_bytes > 32 * 1024 * 1024:  # keep under the 503 budget (96 MiB)
+            ingestor.flush()
+    for name in CAPTURES:
+        ingestor.accept(WireFormat.PROTOBUF, capture(name)[2], now)
+    late, root, rootless = _late_and_rootless(now - DAY_NS)
+    ingestor.accept(WireFormat.PROTOBUF, late, now)
+    ingestor.accept(WireFormat.PROTOBUF, rootless, now)
+    ingestor.flush()
+    ingestor.accept(WireFormat.PROTOBUF, root, now)  # the root, one flush later
+    ingestor.flush()
+    # Duplicate deliveries far apart (beyond the flush-time collapse window): only the views collapse them.
+    for body in workload.bodies[:3]:
+        ingestor.accept(WireFormat.PROTOBUF, body, now)
+        ingestor.flush()
+    ingestor.close()
+    return data_dir
+
+
+@pytest.fixture(scope="module")
+def raw(store_dir: Path) -> list[dict]:
+    """Every stored row, duplicates included, straight from the Parquet files."""
+    return duckdb.connect().sql(
+        "SELECT trace_id, span_id, parent_span_id, name, status_code, service_name, workflow_name, model,"
+        " input_tokens, output_tokens, total_tokens, cost, user_id, session_id, start_time_unix_nano,"
+        " end_time_unix_nano FROM read_parquet(?)", params=[parquet_glob(store_dir)]
+    ).to_arrow_table().to_pylist()
+
+
+@pytest.fixture(scope="module")
+def spans(raw: list[dict]) -> dict[tuple[str, str], dict]:
+    return {(r["trace_id"], r["span_id"]): r for r in raw}
+
+
+@pytest.fixture(scope="module")
+def by_trace(spans: dict[tuple[str, str], dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = defaultdict(list)
+    for row in spans.values():
+        out[row["trace_id"]].append(row)
+    return out
+
+
+@pytest.fixture(scope="module")
+def store(store_dir: Path) -> Store:
+    return msgtrace.open(store_dir)
+
+
+def _root(rows: list[dict]) -> dict:
+    ids = {r["span_id"] for r in rows}
+    roots = [r for r in rows if r["parent_span_id"] is None or r["parent_span_id"] not in ids]
+    return sorted(roots, key=lambda r: (r["parent_span_id"] is not None, r["start_time_unix_nano"], r["span_id"]))[0]
+
+
+def _expected_trace(rows: list[dict]) -> dict:
+    root = _root(rows)
+
+    def total(field: str):  # type: ignore[no-untyped-def]
+        values = [r[field] for r in rows if r[field] is not None]
+        return sum(values) if values else None
+
+    return {
+        "span_count": len(rows),
+        "error_count": sum(r["status_code"] == "ERROR" for r in rows),
+        "root_name": root["name"],
+        "workflow": root["workflow_name"] or root["name"],
+        "service_name": root["service_name"],
+        "input_tokens": total("input_tokens"),
+        "output_tokens": total("output_tokens"),
+        "cost": total("cost"),
+        "duration_ms": (max(r["end_time_unix_nano"] for r in rows) - min(r["start_time_unix_nano"] for r in rows)) / 1e6,
+    }
+
+
+def test_the_store_is_big_and_varied(raw: list[dict], spans: dict, by_trace: dict) -> None:
+    assert len(spans) >= 100_000
+    assert len(raw) > len(spans)  # the duplicate deliveries are physically there
+    days = {dt.datetime.fromtimestamp(r["start_time_unix_nano"] / 1e9, dt.UTC).date() for r in spans.values()}
+    assert len(days) >= 7
+    assert len({r["workflow_name"] for r in spans.values()}) >= 5
+    assert len({r["model"] for r in spans.values()}) >= 5
+    assert len({r["service_name"] for r in spans.values()}) >= 5
+    assert sum(r["status_code"] == "ERROR" for r in spans.values()) > 1000
+
+
+def test_spans_view_collapses_duplicates(store: Store, spans: dict) -> None:
+    row = store.query("SELECT count(*) AS n, count(DISTINCT (trace_id, span_id)) AS d FROM spans").rows()[0]
+    assert row["n"] == row["d"] == len(spans)
+    assert store.spans().select("span_id").collect().height == len(spans)
+
+
+def test_traces_view_matches_independent_computation(store: Store, by_trace: dict) -> None:
+    rows = {r["trace_id"]: r for r in store.query("SELECT * FROM traces", max_rows=10**6).rows()}
+    assert set(rows) == set(by_trace)
+    for trace_id in random.Random(1).sample(sorted(by_trace), 400) + ["aa" * 16, "bb" * 16,
+                                                                       "2696f4701a86a3602fc274ae431deec3",
+                                                                       "4bf92f3577b34da6a3ce929d0e0e4736"]:
+        expected, got = _expected_trace(by_trace[trace_id]), rows[trace_id]
+        for field, value in expected.items():
+            if isinstance(value, float):
+                assert got[field] == pytest.approx(value, rel=1e-9), (trace_id, field)
+            else:
+                assert got[field] == value, (trace_id, field)
+
+
+def test_root_arriving_late_or_never(store: Store) -> None:
+    late = store.trace_summary("aa" * 16)
+    assert (late["root_name"], late["workflow"], late["span_count"]) == ("late_root_flow", "late_workflow", 4)
+    rootless = store.trace_summary("bb" * 16)
+    assert rootless["root_name"] == "orphan-0" and rootless["span_count"] == 2
+    tree = store.tree("bb" * 16).to_dicts()
+    assert [(r["name"], r["depth"], r["orphan"]) for r in tree] == [("orphan-0", 0, True), ("orphan-1", 1, True)]
+
+
+def _expected_tree(rows: list[dict]) -> list[tuple[str, int]]:
+    """Depth-first, siblings by start time; orphans (parent not stored) under the root."""
+    root = _root(rows)
+    ids = {r["span_id"] for r in rows}
+    children: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        if r is root:
+            continue
+        parent = r["parent_span_id"] if r["parent_span_id"] in ids else root["span_id"]
+        children[parent].append(r)
+    out: list[tuple[str, int]] = []
+
+    def walk(node: dict, depth: int) -> None:
+        out.append((node["span_id"], depth))
+        for child in sorted(children[node["span_id"]], key=lambda c: (c["start_time_unix_nano"], c["span_id"])):
+            walk(child, depth + 1)
+
+    walk(root, 0)
+    return out
+
+
+def test_span_tree_order_and_depth(store: Store, by_trace: dict) -> None:
+    sample = random.Random(2).sample(sorted(t for t, rows in by_trace.items() if len(rows) > 3), 60)
+    for trace_id in [*sample, "2696f4701a86a3602fc274ae431deec3", "aa" * 16]:
+        tree = store.tree(trace_id).to_dicts()
+        assert [(r["span_id"], r["depth"]) for r in tree] == _expected_tree(by_trace[trace_id]), trace_id
+        assert [r["position"] for r in tree] == list(range(len(tree)))
+        seen = set()
+        for r in tree:  # parents before children
+            assert r["parent_id"] is None or r["parent_id"] in seen
+            seen.add(r["span_id"])
+
+
+def test_remote_parent_root_is_marked(store: Store) -> None:
+    tree = store.tree("4bf92f3577b34da6a3ce929d0e0e4736").to_dicts()
+    assert [(r["name"], r["depth"], r["orphan"]) for r in tree] == [("incoming_request_flow", 0, True),
+                                                                     ("handler", 1, False)]
+
+
+def _quantile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    pos = (len(values) - 1) * q
+    low = int(pos)
+    high = min(low + 1, len(values) - 1)
+    return values[low] + (values[high] - values[low]) * (pos - low)
+
+
+@pytest.mark.parametrize("by", ["workflow", "model", "service", "name", "day"])
+def test_stats_match_independent_computation(store: Store, spans: dict, by_trace: dict, by: str) -> None:
+    groups: dict[str, list[dict]] = defaultdict(list)
+    if by in ("workflow", "day"):
+        for rows in by_trace.values():
+            t = _expected_trace(rows)
+            start = min(r["start_time_unix_nano"] for r in rows)
+            key = t["workflow"] if by == "workflow" else \
+                dt.datetime.fromtimestamp(start // 10**9, dt.UTC).date().isoformat()
+            groups[key].append({"error": t["error_count"] > 0, "duration_ms": t["duration_ms"],
+                                "input_tokens": t["input_tokens"], "cost": t["cost"]})
+    else:
+        column = {"model": "model", "service": "service_name", "name": "name"}[by]
+        for r in spans.values():
+            if by == "model" and r["model"] is None:
+                continue
+            groups[r[column]].append({"error": r["status_code"] == "ERROR",
+                                      "duration_ms": (r["end_time_unix_nano"] - r["start_time_unix_nano"]) / 1e6,
+                                      "input_tokens": r["input_tokens"], "cost": r["cost"]})
+    got = {r[by]: r for r in store.stats(by).to_dicts()}
+    assert set(got) == set(groups)
+    for key, items in groups.items():
+        row = got[key]
+        assert row["count"] == len(items), key
+        assert row["errors"] == sum(i["error"] for i in items), key
+        durations = [i["duration_ms"] for i in items]
+        for q, field in ((0.5, "p50_ms"), (0.95, "p95_ms"), (0.99, "p99_ms")):
+            assert row[field] == pytest.approx(_quantile(durations, q), rel=1e-6, abs=1e-6), (key, field)
+        tokens = [i["input_tokens"] for i in items if i["input_tokens"] is not None]
+        assert row["input_tokens"] == (sum(tokens) if tokens else None), key
+        costs = [i["cost"] for i in items if i["cost"] is not None]
+        assert row["cost"] == (pytest.approx(sum(costs)) if costs else None), key
+
+
+def test_stats_time_window(store: Store, by_trace: dict) -> None:
+    until = dt.datetime.now(dt.UTC) - dt.timedelta(days=2)
+    since = until - dt.timedelta(days=3)
+    lo, hi = since.timestamp() * 1e9, until.timestamp() * 1e9
+    expected = sum(lo <= min(r["start_time_unix_nano"] for r in rows) < hi for rows in by_trace.values())
+    got = store.stats("workflow", since=since, until=until)
+    assert got["count"].sum() == expected > 0
+
+
+def _filter_expected(by_trace: dict, keep) -> list[str]:  # type: ignore[no-untyped-def]
+    return sorted(t for t, rows in by_trace.items() if keep(rows, _expected_trace(rows)))
+
+
+def test_trace_list_filters(store: Store, by_trace: dict, spans: dict) -> None:
+    user = next(r["user_id"] for r in spans.values() if r["user_id"])
+    model = next(r["model"] for r in spans.values() if r["model"])
+    service = next(r["service_name"] for r in spans.values() if r["model"])
+    cases = {
+        "service": ({"service": service}, lambda rows, t: any(r["service_name"] == service for r in rows)),
+        "workflow": ({"workflow": "late_workflow"}, lambda rows, t: t["workflow"] == "late_workflow"),
+        "model": ({"model": model}, lambda rows, t: any(r["model"] == model for r in rows)),
+        "status": ({"status": "error"}, lambda rows, t: t["error_count"] > 0),
+        "duration": ({"min_duration_ms": 2000, "max_duration_ms": 3000},
+                     lambda rows, t: 2000 <= t["duration_ms"] <= 3000),
+        "user": ({"user_id": user}, lambda rows, t: (_root(rows)["user_id"] or next(
+            (r["user_id"] for r in rows if r["user_id"]), None)) == user),
+    }
+    for name, (filters, keep) in cases.items():
+        expected = _filter_expected(by_trace, keep)
+        got = store.traces(**filters, limit=100_000)["trace_id"].to_list()
+        assert sorted(got) == expected and expected, name
+
+
+def test_trace_list_pages_and_sorts(store: Store, by_trace: dict) -> None:
+    newest = sorted(by_trace, key=lambda t: (-min(r["start_time_unix_nano"] for r in by_trace[t]), t))
+    pages = [store.traces(limit=25, offset=o)["trace_id"].to_list() for o in (0, 25, 50)]
+    assert pages[0] + pages[1] + pages[2] == newest[:75]
+    costly = store.traces(sort="cost", limit=5).to_dicts()
+    assert [c["cost"] for c in costly] == sorted((c["cost"] for c in costly), reverse=True)
+    top = max((t for t in by_trace.values()), key=lambda rows: _expected_trace(rows)["cost"] or 0)
+    assert costly[0]["trace_id"] == top[0]["trace_id"]
+
+
+def test_attribute_filter(store: Store) -> None:
+    assert store.traces(attribute="user.id=user-42")["trace_id"].to_list() == ["2696f4701a86a3602fc274ae431deec3"]
+    assert store.traces(attribute=("gen_ai.request.max_tokens", "256"))["trace_id"].to_list() \
+        == ["2696f4701a86a3602fc274ae431deec3"]
+    assert store.traces(attribute="service.name=msgflux-fixture").height == 23
+
+
+def test_trace_detail_and_errors(store: Store, by_trace: dict) -> None:
+    trace_id = "2696F4701A86A3602FC274AE431DEEC3"
+    detail = store.trace(trace_id)
+    assert sorted(detail["span_id"]) == sorted(r["span_id"] for r in by_trace[trace_id.lower()])
+    with pytest.raises(TraceNotFound):
+        store.trace("0" * 32)
+    for bad in ("xyz", "0" * 33, "' OR 1=1 --", ""):
+        with pytest.raises(InvalidArgument):
+            store.trace(bad)
+    with pytest.raises(InvalidArgument):
+        store.stats("color")
+    with pytest.raises(InvalidArgument):
+        store.traces(since="last tuesday")
+
+
+def test_live_buffer_is_queryable_before_any_flush(tmp_path: Path) -> None:
+    ingestor = Ingestor(IngestConfig(data_dir=tmp_path / "live", flush_interval=3600))
+    ingestor.start()
+    try:
+        store = Store(ingestor.config.data_dir, live=ingestor.live_table)
+        assert store.traces().height == 0
+        ingestor.accept(WireFormat.PROTOBUF, capture("msgtrace_sdk_activated")[2], time.time_ns())
+        assert not list((tmp_path / "live").glob("spans/*/*.parquet"))
+        assert store.trace("2696f4701a86a3602fc274ae431deec3").height == 11
+        ingestor.flush()  # now in Parquet, and no longer in the buffer: still once
+        assert store.trace("2696f4701a86a3602fc274ae431deec3").height == 11
+        ingestor.accept(WireFormat.PROTOBUF, capture("msgtrace_sdk_activated")[2], time.time_ns())
+        assert store.traces().height == 3  # in the buffer and in Parquet at once: still once
+        store.close()
+    finally:
+        ingestor.close()
+
+
+def test_query_limits(store: Store) -> None:
+    result = store.query("SELECT * FROM range(100)", max_rows=10)
+    assert result.truncated and result.table.num_rows == 10
+    from msgtrace.query.engine import QueryTimeout
+
+    started = time.monotonic()
+    with pytest.raises(QueryTimeout):
+        store.engine.run("SELECT count(*) FROM range(1000000000000)", timeout=0.5)
+    assert time.monotonic() - started < 3
