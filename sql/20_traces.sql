@@ -25,7 +25,7 @@ WITH agg AS (
         sum(cost) AS cost,
         any_value(user_id) AS any_user_id,
         any_value(session_id) AS any_session_id,
-        list_sort(list_distinct(list(model) FILTER (WHERE model IS NOT NULL))) AS models,
+        coalesce(list_sort(list_distinct(list(model) FILTER (WHERE model IS NOT NULL))), []) AS models,
         list_sort(list_distinct(list(service_name) FILTER (WHERE service_name IS NOT NULL))) AS services,
         min(date) AS date
     FROM spans

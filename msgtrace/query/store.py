@@ -17,13 +17,11 @@ from typing import TYPE_CHECKING, Any
 from msgtrace.config import default_data_dir
 from msgtrace.errors import MsgtraceError
 from msgtrace.query.engine import LiveSource, QueryEngine, QueryResult, named_query
+from msgtrace.query.options import STATS_DIMENSIONS, TRACE_SORTS
 
 if TYPE_CHECKING:
     import polars as pl
 
-STATS_DIMENSIONS = ("workflow", "model", "service", "name", "day")
-TRACE_SORTS = {"start_time": "start_time", "duration": "duration_ms", "spans": "span_count", "errors": "error_count",
-               "cost": "cost", "tokens": "total_tokens"}
 _TRACE_ID = re.compile(r"^[0-9a-fA-F]{32}$")
 
 

@@ -1,7 +1,347 @@
-"""The read side of the REST API, under ``/api/v1``: a thin layer over :class:`msgtrace.query.store.Store`."""
+"""The read side of the REST API, under ``/api/v1``: a thin layer over :class:`msgtrace.query.store.Store`.
+
+No SQL lives here: the endpoints call ``Store.traces_result``, ``trace_result`` + ``trace_summary``, ``tree_result``
+and ``stats_result`` (the views the CLI and the Python API use) in a worker thread (:func:`call_store`, which also
+maps msgtrace errors to HTTP), and turn the rows into JSON with one converter (:func:`json_rows` / :func:`json_row`).
+
+JSON encoding of rows (one converter, used by every endpoint):
+
+- timestamps (``start_time``, ``end_time``): ISO 8601 text in UTC with microseconds, always six digits,
+  e.g. ``"2026-11-24T10:00:00.123456Z"`` (the views' precision); the exact nanoseconds are the
+  ``start_time_unix_nano`` / ``end_time_unix_nano`` integers next to them;
+- dates (``date``): ISO dates, ``"2026-11-24"``;
+- attribute maps (``attributes``, ``resource_attributes``, ``scope_attributes``, and those of events and links):
+  a JSON object ``{key: {"type": T, "value": V}}``, where ``T`` is the OTLP type (``string``, ``bool``, ``int``,
+  ``double``, ``bytes``, ``array``, ``kvlist``, ``empty``) and ``V`` the value: bytes as base64 text, arrays and
+  key-value lists as JSON arrays / objects, ``empty`` as ``null``; a NaN or infinite double attribute is the string
+  ``"NaN"``, ``"Infinity"`` or ``"-Infinity"`` (as in the OTLP/JSON mapping);
+- other bytes as base64 text; NaN or infinite doubles in columns (``cost``, ``p95_ms``, …) as ``null``.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import base64
+import datetime as dt
+import decimal
+import functools
+import json
+import logging
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio.to_thread
+import pyarrow as pa
+from anyio import CapacityLimiter
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from msgtrace.errors import MsgtraceError
+from msgtrace.query.options import STATS_DIMENSIONS, TRACE_SORTS
+from msgtrace.server.errors import error_schema
+
+if TYPE_CHECKING:
+    from msgtrace.query.store import Store
+
+# msgtrace.query.store loads DuckDB (~50 MB), which an ingest-only server never needs: it is imported by the first
+# query. msgtrace.query.options holds the fixed choices without importing it.
+
+log = logging.getLogger("msgtrace.server.query")
 
 router = APIRouter(tags=["query"])
+
+T = TypeVar("T")
+
+# Store calls run in worker threads under their own limiter, not the default one (40 threads) that the OTLP receive
+# path uses for decoding, so a burst of slow queries can delay other queries but never ingestion or /health.
+QUERY_THREADS = 8
+_limiter: CapacityLimiter | None = None
+
+
+async def call_store(request: Request, method: Callable[..., T] | str, *args: Any, **kwargs: Any) -> T:
+    """Run ``method(store, *args, **kwargs)`` (a function, or the name of a Store method) in a worker thread, with
+    msgtrace errors mapped to the one error shape: InvalidArgument / QueryError → 400, TraceNotFound → 404,
+    QueryTimeout → 504 (each error's ``status``); anything else is logged and answered 500.
+
+    The Store itself is built (DuckDB imported, views created) in the worker thread too, by the first query."""
+    global _limiter
+    if _limiter is None:
+        _limiter = CapacityLimiter(QUERY_THREADS)
+    lazy = request.app.state.store
+
+    def run() -> T:
+        store: Store = lazy.get()
+        call = getattr(store, method) if isinstance(method, str) else functools.partial(method, store)
+        return call(*args, **kwargs)
+
+    try:
+        return await anyio.to_thread.run_sync(run, limiter=_limiter)
+    except MsgtraceError as exc:
+        raise HTTPException(exc.status, str(exc)) from None
+    except Exception:
+        log.exception("query failed: %s", getattr(method, "__name__", method))
+        raise HTTPException(500, "internal error while querying the store (see the server log)") from None
+
+
+# --- JSON encoding of Arrow rows ---------------------------------------------------------------------------------
+_ATTR_FIELDS = frozenset({"type", "str", "bool", "int", "double", "bytes", "json"})
+_ATTR_FIELD_OF = {"string": "str", "bool": "bool", "int": "int", "double": "double", "bytes": "bytes",
+                  "array": "json", "kvlist": "json"}
+_EPOCH = dt.datetime(1970, 1, 1)
+_US_PER_UNIT = {"s": 10**6, "ms": 10**3, "us": 1}
+
+
+def json_rows(table: pa.Table) -> list[dict[str, Any]]:
+    """Rows of an Arrow table as JSON-ready dicts (see the module docstring for the encoding)."""
+    names = table.column_names
+    columns = [_column(table.column(i)) for i in range(table.num_columns)]
+    return [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)] if columns else []
+
+
+def json_row(row: dict[str, Any]) -> dict[str, Any]:
+    """One row that is already Python (e.g. :meth:`Store.trace_summary`), encoded the same way."""
+    return {k: _value(v, None) for k, v in row.items()}
+
+
+def _column(column: pa.ChunkedArray) -> list[Any]:
+    typ = column.type
+    if pa.types.is_timestamp(typ):  # through integers: to_pylist() cannot hold nanoseconds (no pandas)
+        ints = column.cast(pa.int64()).to_pylist()
+        if typ.unit == "ns":
+            return [None if v is None else iso_us(v // 1000) for v in ints]
+        return [None if v is None else iso_us(v * _US_PER_UNIT[typ.unit]) for v in ints]
+    return [_value(v, typ) for v in column.to_pylist()]
+
+
+def iso_us(us: int) -> str:
+    """Microseconds since the epoch as ISO 8601 UTC text with six fraction digits."""
+    try:
+        return _iso(_EPOCH + dt.timedelta(microseconds=us))
+    except OverflowError:
+        return str(us)
+
+
+def _iso(moment: dt.datetime) -> str:
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(dt.UTC).replace(tzinfo=None)
+    return f"{moment.year:04d}-{moment:%m-%dT%H:%M:%S.%f}Z"
+
+
+def _value(value: Any, typ: pa.DataType | None) -> Any:
+    """One Python value (from ``to_pylist``) made JSON-safe; ``typ`` is its Arrow type when known."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, dt.datetime):
+        return _iso(value)
+    if isinstance(value, (dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, decimal.Decimal):
+        return float(value) if value.is_finite() else None
+    if typ is not None and pa.types.is_map(typ):
+        item = typ.item_type
+        if _is_attr_value(item):
+            return {k: _attr(v) for k, v in value}
+        return {str(k): _value(v, item) for k, v in value}
+    if isinstance(value, dict):
+        if _is_attr_dict(value, typ):
+            return _attr(value)
+        fields = {f.name: f.type for f in typ} if typ is not None and pa.types.is_struct(typ) else {}
+        return {k: _value(v, fields.get(k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        inner = typ.value_type if typ is not None and hasattr(typ, "value_type") else None
+        if typ is None and value and all(isinstance(p, tuple) and len(p) == 2 for p in value):
+            return {str(k): _value(v, None) for k, v in value}  # a map whose type we do not know
+        return [_value(v, inner) for v in value]
+    return str(value)
+
+
+def _is_attr_value(typ: pa.DataType) -> bool:
+    return pa.types.is_struct(typ) and {f.name for f in typ} == _ATTR_FIELDS
+
+
+def _is_attr_dict(value: dict[str, Any], typ: pa.DataType | None) -> bool:
+    return _is_attr_value(typ) if typ is not None else set(value) == _ATTR_FIELDS
+
+
+def _attr(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A stored attribute value struct → ``{"type": …, "value": …}``."""
+    if value is None:
+        return None
+    kind = value.get("type")
+    field = _ATTR_FIELD_OF.get(kind or "")
+    if field is None and kind != "empty":  # unknown type: the first field that is set
+        field = next((f for f in ("str", "int", "double", "bool", "bytes", "json") if value.get(f) is not None), None)
+    raw = value.get(field) if field else None
+    if raw is None:
+        out: Any = None
+    elif field == "json":
+        try:
+            out = json.loads(raw, parse_constant=str)  # NaN / Infinity inside stay text
+        except ValueError:
+            out = raw
+    elif field == "double":
+        out = raw if math.isfinite(raw) else ("NaN" if math.isnan(raw) else ("Infinity" if raw > 0 else "-Infinity"))
+    elif field == "bytes":
+        out = base64.b64encode(raw).decode("ascii")
+    else:
+        out = raw
+    return {"type": kind, "value": out}
+
+
+# --- OpenAPI ------------------------------------------------------------------------------------------------------
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    text = {
+        400: "Malformed argument (trace id not 32 hex characters, unknown `sort`/`order`/`status`/`by`, bad ISO "
+             "time, `attribute` not key=value) or a failed query.",
+        404: "No trace with this id.",
+        422: "A query parameter has the wrong type or is out of range (e.g. `limit=0`, `offset=-1`).",
+        504: "The query ran past the server's query time limit (`MSGTRACE_QUERY_TIMEOUT`) and was stopped.",
+    }
+    return {code: error_schema(text[code]) for code in codes}
+
+
+def _ok(description: str, example: dict[str, Any]) -> dict[int | str, dict[str, Any]]:
+    return {200: {"description": description, "content": {"application/json": {"example": example}}}}
+
+
+_ENCODING = ("Timestamps are ISO 8601 UTC text with microseconds (`2026-11-24T10:00:00.123456Z`; the exact "
+             "nanoseconds are the `*_unix_nano` integers), dates ISO dates. Attribute maps are objects "
+             "`{key: {\"type\": T, \"value\": V}}` with T the OTLP type (string, bool, int, double, bytes, array, "
+             "kvlist, empty): bytes as base64, arrays and key-value lists as JSON, NaN/inf doubles as "
+             "\"NaN\"/\"Infinity\"/\"-Infinity\", e.g. `{\"gen_ai.request.model\": {\"type\": \"string\", "
+             "\"value\": \"gpt-4o\"}}`. Non-finite numbers in other columns are null; bytes are base64.")
+_TRACE_ROW = {"trace_id": "2696f4701a86a3602fc274ae431deec3", "start_time": "2026-11-24T10:00:00.123456Z",
+              "end_time": "2026-11-24T10:00:01.500000Z", "duration_ms": 1376.543211, "root_name": "support_flow",
+              "service_name": "support-api", "workflow": "support_flow", "span_count": 11, "error_count": 1,
+              "status": "ERROR", "input_tokens": 120, "output_tokens": 30, "total_tokens": 150, "cost": 0.00054,
+              "user_id": "user-42", "session_id": "sess-7f3a", "models": ["gpt-4o"]}
+_SPAN_EXAMPLE = {"trace_id": "2696f4701a86a3602fc274ae431deec3", "span_id": "e974b40794c1e1ad",
+                 "parent_span_id": "13486e427462a449", "name": "chat gpt-4o", "kind": "CLIENT",
+                 "start_time": "2026-11-24T10:00:00.200000Z", "duration_ms": 812.5, "status_code": "OK",
+                 "model": "gpt-4o", "attributes": {"gen_ai.request.model": {"type": "string", "value": "gpt-4o"}},
+                 "events": [], "links": [], "…": "every column of the spans view"}
+TraceIdPath = Path(description="The trace id: 32 hexadecimal characters, any case. Anything else is a 400.",
+                   examples=["2696f4701a86a3602fc274ae431deec3"])
+
+
+# --- endpoints ----------------------------------------------------------------------------------------------------
+@router.get(
+    "/traces",
+    summary="List traces (filter, sort, paginate)",
+    description="One row per trace from the `traces` view: start/end, duration, root span, service, workflow, "
+                "span and error counts, status, tokens, cost, user, session, models. Every filter is optional and "
+                "they combine with AND. `next_offset` is the offset of the next page, or null when this page is the "
+                "last (shorter than `limit`). " + _ENCODING,
+    responses={**_ok("A page of traces.", {"traces": [_TRACE_ROW], "limit": 50, "offset": 0, "count": 1,
+                                           "next_offset": None}),
+               **_errors(400, 422, 504)},
+)
+async def list_traces(
+    request: Request,
+    since: str | None = Query(None, description="Only traces starting at or after this ISO 8601 date or time "
+                                                "(UTC unless an offset is given), e.g. `2026-11-24T10:00:00Z`."),
+    until: str | None = Query(None, description="Only traces starting before this ISO 8601 date or time."),
+    service: str | None = Query(None, description="Service name of the trace's root, or of any of its spans."),
+    workflow: str | None = Query(None, description="Workflow: the root's `workflow.name`, else its "
+                                                   "`msgflux.workflow.name`, else the root span's name."),
+    status: str | None = Query(None, description="`ERROR` (some span failed) or `OK` (none did); any case.",
+                               json_schema_extra={"enum": ["OK", "ERROR"]}),
+    min_duration_ms: float | None = Query(None, description="Minimum trace duration in milliseconds.",
+                                          allow_inf_nan=False),
+    max_duration_ms: float | None = Query(None, description="Maximum trace duration in milliseconds.",
+                                          allow_inf_nan=False),
+    model: str | None = Query(None, description="Some span of the trace used this model."),
+    user_id: str | None = Query(None, description="The trace's user id (the root's, else any span's)."),
+    session_id: str | None = Query(None, description="The trace's session id (the root's, else any span's)."),
+    attribute: str | None = Query(None, description="`key=value`: some span or resource attribute `key` whose "
+                                                    "value, rendered as text, equals `value`.",
+                                  examples=["gen_ai.request.model=gpt-4o"]),
+    sort: str = Query("start_time", description="Sort key.", json_schema_extra={"enum": list(TRACE_SORTS)}),
+    order: str = Query("desc", description="Sort direction (nulls always last).",
+                       json_schema_extra={"enum": ["desc", "asc"]}),
+    limit: int = Query(50, ge=1, le=1000, description="Traces per page, 1 to 1000."),
+    offset: int = Query(0, ge=0, le=2**62, description="Traces to skip."),
+) -> JSONResponse:
+    if order.lower() not in ("asc", "desc"):
+        raise HTTPException(400, f"order must be asc or desc, not {order!r:.80}")
+    result = await call_store(
+        request, "traces_result", since=since, until=until, service=service, workflow=workflow,
+        status=status, min_duration_ms=min_duration_ms, max_duration_ms=max_duration_ms, model=model,
+        user_id=user_id, session_id=session_id, attribute=attribute, sort=sort,
+        descending=order.lower() == "desc", limit=limit, offset=offset,
+    )
+    rows = json_rows(result.table)
+    return JSONResponse({"traces": rows, "limit": limit, "offset": offset, "count": len(rows),
+                  "next_offset": offset + limit if len(rows) == limit else None})
+
+
+@router.get(
+    "/traces/{trace_id}",
+    summary="One trace: its summary and every span",
+    description="`trace` is the trace's row of the `traces` view (as in the list); `spans` are all its spans in "
+                "start order, with every column of the `spans` view, including `attributes`, "
+                "`resource_attributes`, `events` and `links`. `truncated` is true when the trace has more spans "
+                "than the server's row cap (`MSGTRACE_QUERY_MAX_ROWS`). " + _ENCODING,
+    responses={**_ok("The trace.", {"trace": _TRACE_ROW, "spans": [_SPAN_EXAMPLE], "truncated": False}),
+               **_errors(400, 404, 504)},
+)
+async def get_trace(request: Request, trace_id: str = TraceIdPath) -> JSONResponse:
+    spans, summary = await call_store(request, _trace_and_summary, trace_id)
+    return JSONResponse({"trace": json_row(summary), "spans": json_rows(spans.table), "truncated": spans.truncated})
+
+
+def _trace_and_summary(store: Store, trace_id: str) -> tuple[Any, dict[str, Any]]:
+    spans = store.trace_result(trace_id)  # validates the id (400) before any SQL; 404 when unknown
+    return spans, store.trace_summary(trace_id)
+
+
+@router.get(
+    "/traces/{trace_id}/tree",
+    summary="The span tree of one trace",
+    description="The trace's spans in depth-first tree order (siblings by start time), each with every span column "
+                "plus `depth` (0 for the root), `parent_id` (the parent in the tree; null for the root), "
+                "`position` (0, 1, 2, … in tree order) and `orphan` (the span's own parent is not stored: it is "
+                "attached under the root; for the root, its parent lives elsewhere, e.g. in a calling service). "
+                + _ENCODING,
+    responses={**_ok("The tree.", {"trace_id": "2696f4701a86a3602fc274ae431deec3", "truncated": False,
+                                   "spans": [{**_SPAN_EXAMPLE, "depth": 2, "parent_id": "13486e427462a449",
+                                              "position": 4, "orphan": False}]}),
+               **_errors(400, 404, 504)},
+)
+async def get_tree(request: Request, trace_id: str = TraceIdPath) -> JSONResponse:
+    result = await call_store(request, "tree_result", trace_id)  # validates the id (400) before any SQL
+    return JSONResponse({"trace_id": trace_id.lower(), "spans": json_rows(result.table), "truncated": result.truncated})
+
+
+@router.get(
+    "/stats",
+    summary="Aggregates by workflow, model, service, span name or day",
+    description="One row per value of `by`: `count`, `errors`, `error_rate`, `p50_ms`/`p95_ms`/`p99_ms` "
+                "duration, `input_tokens`/`output_tokens`/`total_tokens` and `cost`, most frequent first. `workflow` "
+                "and `day` count traces (runs; a trace's day is the UTC date of its start); `model`, `service` and "
+                "`name` count spans (spans without a model are left out of `by=model`). The first column of each "
+                "row is named after `by`. `since`/`until` bound the start time (of the trace or span) as "
+                "[since, until).",
+    responses={**_ok("The aggregates.", {"by": "model", "truncated": False, "rows": [
+        {"model": "gpt-4o", "count": 812, "errors": 12, "error_rate": 0.0148, "p50_ms": 950.1, "p95_ms": 2410.7,
+         "p99_ms": 3990.2, "input_tokens": 1200000, "output_tokens": 98000, "total_tokens": 1298000,
+         "cost": 4.21}]}),
+               **_errors(400, 422, 504)},
+)
+async def stats(
+    request: Request,
+    by: str = Query("workflow", description="The dimension to group by.",
+                    json_schema_extra={"enum": list(STATS_DIMENSIONS)}),
+    since: str | None = Query(None, description="Only what started at or after this ISO 8601 date or time."),
+    until: str | None = Query(None, description="Only what started before this ISO 8601 date or time."),
+) -> JSONResponse:
+    result = await call_store(request, "stats_result", by, since=since, until=until)
+    return JSONResponse({"by": by, "rows": json_rows(result.table), "truncated": result.truncated})
+
