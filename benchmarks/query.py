@@ -1,0 +1,121 @@
+"""Query benchmark: trace lookup, first page of the trace list, span tree and stats by workflow on a generated store.
+
+    python benchmarks/query.py                       # 1,000,000 spans over 7 days in a temp dir
+    python benchmarks/query.py --data-dir /tmp/q1m   # build once into a directory, reuse it on later runs
+
+The store is filled with the synthetic LLM-agent workload (``msgtrace.synthetic``) through the ingest pipeline
+itself (decode → WAL → buffer → Parquet, the same writer the server uses), then queried through the Python API
+(:class:`msgtrace.query.store.Store`, which the REST API and the CLI call) and, for the trace list, over HTTP
+(``GET /api/v1/traces`` on a real server) when ``--http`` is given. Every figure is a wall-clock time on a warm
+store (after one untimed run), p50/p95 over repeated runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from msgtrace.config import IngestConfig
+from msgtrace.ingest.decode import WireFormat
+from msgtrace.ingest.pipeline import Ingestor
+from msgtrace.query.store import Store
+from msgtrace.synthetic import build_workload
+
+DAY_NS = 86_400 * 10**9
+TARGETS = {"lookup_p50_ms": 20, "first_page_ms": 100, "stats_workflow_ms": 300}
+
+
+def build_store(data_dir: Path, spans: int, days: int, seed: int) -> None:
+    """Fill ``data_dir`` with ``spans`` spans spread over ``days`` days, through the real ingest pipeline."""
+    started = time.perf_counter()
+    ingestor = Ingestor(IngestConfig(data_dir=data_dir, flush_interval=3600))
+    ingestor.start()
+    now = time.time_ns()
+    per_day = -(-spans // days)
+    for day in range(days):
+        workload = build_workload(per_day, 512, seed=seed + day, base_time_ns=now - day * DAY_NS,
+                                  spread_ns=DAY_NS - 3_600 * 10**9)
+        for body in workload.bodies:
+            ingestor.accept(WireFormat.PROTOBUF, body, now)
+            if ingestor.buffer.total_bytes > 32 * 1024 * 1024:
+                ingestor.flush()
+    ingestor.close()
+    files = list(data_dir.glob("spans/*/*.parquet"))
+    size = sum(f.stat().st_size for f in files)
+    print(f"  built {spans:,} spans in {time.perf_counter() - started:.1f} s: {len(files)} Parquet files, "
+          f"{size / 2**20:.1f} MiB")
+
+
+def timed(fn, runs: int) -> list[float]:  # type: ignore[no-untyped-def]
+    fn()  # warm
+    out = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t) * 1000)
+    return out
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(int(round(q * (len(values) - 1))), len(values) - 1)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--spans", type=int, default=1_000_000)
+    parser.add_argument("--days", type=int, default=7)
+    parser.add_argument("--seed", type=int, default=5)
+    parser.add_argument("--data-dir", type=Path, help="build here if empty, else reuse")
+    parser.add_argument("--lookups", type=int, default=100)
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
+    args = parser.parse_args()
+
+    tmp = None
+    if args.data_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="msgtrace-qbench-")
+        args.data_dir = Path(tmp.name)
+    print(f"== store {args.data_dir}")
+    if not list(args.data_dir.glob("spans/*/*.parquet")):
+        build_store(args.data_dir, args.spans, args.days, args.seed)
+    store = Store(args.data_dir)
+    total = store.query("SELECT count(*) AS n FROM spans_source").rows()[0]["n"]
+    ids = [r["trace_id"] for r in store.query(
+        "SELECT DISTINCT trace_id FROM spans_source", max_rows=1_000_000).rows()]
+    print(f"  {total:,} spans, {len(ids):,} traces")
+    pick = random.Random(1).sample(ids, min(args.lookups, len(ids)))
+    it = iter(pick * 100)
+
+    figures = {}
+    lookup = timed(lambda: store.trace_result(next(it)), len(pick))
+    figures["lookup_p50_ms"], figures["lookup_p95_ms"] = pct(lookup, 0.5), pct(lookup, 0.95)
+    tree = timed(lambda: store.tree_result(next(it)), max(len(pick) // 2, 1))
+    figures["tree_p50_ms"], figures["tree_p95_ms"] = pct(tree, 0.5), pct(tree, 0.95)
+    page = timed(lambda: store.traces_result(limit=50), 10)
+    figures["first_page_ms"] = statistics.median(page)
+    stats = timed(lambda: store.stats_result("workflow"), 5)
+    figures["stats_workflow_ms"] = statistics.median(stats)
+    day = timed(lambda: store.stats_result("workflow", since=time.strftime("%Y-%m-%d")), 5)
+    figures["stats_workflow_today_ms"] = statistics.median(day)
+    store.close()
+
+    print("\n== figures (ms, warm)                 measured     target")
+    for name, value in figures.items():
+        target = TARGETS.get(name)
+        verdict = "" if target is None else ("PASS" if value <= target else "MISS")
+        print(f"  {name:<32} {value:>10.1f}   {'<= ' + str(target) if target else '':>8}   {verdict}")
+    if args.json:
+        print(json.dumps(figures))
+    if tmp is not None:
+        tmp.cleanup()
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
