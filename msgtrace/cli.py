@@ -5,15 +5,23 @@ Errors a user can cause (a bad flag value, a data directory in use) print one li
 
 from __future__ import annotations
 
+import datetime as dt
+import os
+import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from msgtrace import __version__
-from msgtrace.config import DEFAULT_HOST, DEFAULT_PORT, FSYNC_POLICIES, IngestConfig
-from msgtrace.errors import DataDirLocked
+from msgtrace.config import DEFAULT_HOST, DEFAULT_PORT, FSYNC_POLICIES, IngestConfig, default_data_dir
+from msgtrace.errors import DataDirLocked, MsgtraceError
+
+if TYPE_CHECKING:
+    from msgtrace.query.store import Store
 
 app = typer.Typer(
     name="msgtrace",
@@ -29,7 +37,16 @@ DataDirOption = Annotated[
 ]
 
 
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of a table.")]
+SinceOption = Annotated[str | None, typer.Option(
+    help="Only from this UTC time on: ISO date or time (2026-11-24, 2026-11-24T10:00:00Z) or an age (30m, 6h, 2d)",
+    show_default=False)]
+UntilOption = Annotated[str | None, typer.Option(help="Only before this UTC time (same forms as --since)",
+                                                 show_default=False)]
+
+
 def fail(message: str, code: int = 2) -> None:
+    message = " ".join(str(message).split())  # always exactly one line
     typer.echo(f"msgtrace: error: {message}", err=True)
     raise typer.Exit(code)
 
@@ -88,6 +105,186 @@ def ingest(
 app.command(name="start", help="Alias of 'msgtrace ingest'.")(ingest)
 
 
+# --- queries: straight on the Parquet files of --data-dir, no server needed ------------------------------------------
+def _store(data_dir: Path | None, **options: float) -> Store:
+    from msgtrace.query.store import Store  # imported here so that `msgtrace --help` stays fast
+
+    path = data_dir.expanduser() if data_dir is not None else default_data_dir()
+    if not path.is_dir():
+        fail(f"no msgtrace store at {path} (pass --data-dir or set MSGTRACE_DATA_DIR)", code=1)
+    return Store(path, **options)
+
+
+_FLAGS = {"since": "--since", "until": "--until", "status": "--status", "sort": "--sort", "by": "--by",
+          "attribute": "--attr", "limit and offset": "--limit and --offset"}
+
+
+@contextmanager
+def _query_errors() -> Iterator[None]:
+    """Errors of the query layer as one line: bad input exits 2, an unknown trace or a timeout exits 1."""
+    from msgtrace.query.engine import QueryError, QueryTimeout
+    from msgtrace.query.store import InvalidArgument, TraceNotFound
+
+    try:
+        yield
+    except InvalidArgument as exc:
+        message = str(exc)
+        for name, flag in _FLAGS.items():  # the Store names its parameters; say which flag was wrong
+            if message.startswith(name + " "):
+                message = flag + message[len(name):]
+                break
+        fail(message)
+    except QueryError as exc:
+        fail(str(exc))
+    except (TraceNotFound, QueryTimeout) as exc:
+        fail(str(exc), code=1)
+    except MsgtraceError as exc:
+        fail(str(exc), code=1)
+
+
+_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
+_AGE_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+
+
+def _when(value: str | None) -> str | None:
+    """An age ("30m", "6h", "2d", "1w") becomes the UTC time that long ago; anything else goes to the Store as is
+    (it validates ISO dates and times)."""
+    if value is None or not (match := _AGE.match(value)):
+        return value
+    seconds = float(match[1]) * _AGE_SECONDS[match[2]]
+    return (dt.datetime.now(dt.UTC) - dt.timedelta(seconds=seconds)).isoformat()
+
+
+@app.command("list")
+def list_traces(
+    since: SinceOption = None,
+    until: UntilOption = None,
+    service: Annotated[str | None, typer.Option(help="Only traces with a span of this service",
+                                                show_default=False)] = None,
+    workflow: Annotated[str | None, typer.Option(help="Only this workflow", show_default=False)] = None,
+    status: Annotated[str | None, typer.Option(help="ok or error (a trace is in error when any span is)",
+                                               show_default=False)] = None,
+    min_ms: Annotated[float | None, typer.Option("--min-ms", help="Minimum trace duration (ms)",
+                                                 show_default=False)] = None,
+    max_ms: Annotated[float | None, typer.Option("--max-ms", help="Maximum trace duration (ms)",
+                                                 show_default=False)] = None,
+    model: Annotated[str | None, typer.Option(help="Only traces that called this model",
+                                              show_default=False)] = None,
+    user: Annotated[str | None, typer.Option(help="Only this user id", show_default=False)] = None,
+    session: Annotated[str | None, typer.Option(help="Only this session id", show_default=False)] = None,
+    attr: Annotated[str | None, typer.Option(help="Only traces with a span or resource attribute key=value "
+                                                  "(value compared as text)", show_default=False)] = None,
+    sort: Annotated[str, typer.Option(help="start_time, duration, spans, errors, cost or tokens")] = "start_time",
+    asc: Annotated[bool, typer.Option("--asc", help="Ascending order (default: descending)")] = False,
+    limit: Annotated[int, typer.Option(help="Traces to show")] = 20,
+    offset: Annotated[int, typer.Option(help="Traces to skip (paging)")] = 0,
+    data_dir: DataDirOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List traces, newest first: start, id, workflow, service, spans, errors, duration, tokens, cost."""
+    from msgtrace import render
+
+    store = _store(data_dir)
+    with _query_errors():
+        result = store.traces_result(
+            since=_when(since), until=_when(until), service=service, workflow=workflow, status=status,
+            min_duration_ms=min_ms, max_duration_ms=max_ms, model=model, user_id=user, session_id=session,
+            attribute=attr, sort=sort, descending=not asc, limit=limit, offset=offset)
+    traces = render.rows(result.table)
+    if as_json:
+        render.print_json(traces)
+    else:
+        render.trace_list(traces, limit=limit, offset=offset)
+
+
+@app.command()
+def show(
+    trace_id: Annotated[str, typer.Argument(help="32 hexadecimal characters", show_default=False)],
+    attributes: Annotated[bool, typer.Option("--attributes", "-a",
+                                             help="Also list every span's attributes and events")] = False,
+    data_dir: DataDirOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show one trace as a tree: nesting, a timeline bar per span, durations, status, model, tokens, cost.
+
+    --json prints {"trace": the summary, "spans": the spans in tree order, with depth, parent_id and orphan}.
+    """
+    from msgtrace import render
+
+    store = _store(data_dir)
+    with _query_errors():
+        tree = store.tree_result(trace_id)
+        head = render.plain(store.trace_summary(trace_id))
+    spans = [render.simplify_span(span) for span in render.rows(tree.table)]
+    if as_json:
+        render.print_json({"trace": head, "spans": spans})
+    else:
+        render.trace_tree(head, spans, attributes=attributes)
+
+
+@app.command()
+def stats(
+    by: Annotated[str, typer.Option(help="workflow or day (counting traces); model, service or name (counting "
+                                         "spans)")] = "workflow",
+    since: SinceOption = None,
+    until: UntilOption = None,
+    data_dir: DataDirOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Count, errors, error rate, p50/p95/p99 duration, tokens and cost per workflow, model, service, name or day."""
+    from msgtrace import render
+
+    store = _store(data_dir)
+    with _query_errors():
+        result = store.stats_result(by, since=_when(since), until=_when(until))
+    table = render.rows(result.table)
+    if as_json:
+        render.print_json(table)
+    else:
+        render.stats_table(table, by)
+
+
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(help="One SQL statement over the views: spans, traces, "
+                                              "span_tree('<trace id>'), stats('<by>', NULL, NULL)",
+                                         show_default=False)],
+    as_json: JsonOption = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV (header + rows) instead of a table.")] = False,
+    max_rows: Annotated[int, typer.Option("--max-rows", help="Rows to return at most (a note on stderr says "
+                                                             "when there were more)")] = 10_000,
+    timeout: Annotated[float, typer.Option(help="Seconds before the query is stopped")] = 60.0,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Run SQL over the store's views (DuckDB dialect) and print the result as a table, JSON rows or CSV."""
+    from msgtrace import render
+
+    if as_json and as_csv:
+        fail("--json and --csv exclude each other")
+    if max_rows < 1:
+        fail(f"--max-rows must be at least 1, not {max_rows}")
+    if timeout <= 0:
+        fail(f"--timeout must be positive, not {timeout:g}")
+    if not query.strip():
+        fail("the SQL statement is empty")
+    store = _store(data_dir, timeout=timeout)
+    with _query_errors():
+        try:
+            result = store.query(query, max_rows=max_rows)
+        except OSError as exc:  # an interrupt while Arrow batches stream surfaces as an OSError, not QueryTimeout
+            if "interrupt" not in str(exc).lower():
+                raise
+            fail(f"query ran longer than {timeout:g} s and was stopped (raise --timeout)", code=1)
+    if as_json:
+        render.print_json(render.rows(result.table))
+    elif as_csv:
+        render.print_csv(result.table)
+    else:
+        render.result_table(result.table)
+    if result.truncated:
+        render.note(f"truncated: only the first {max_rows:,} rows are shown (raise --max-rows for more)")
+
+
 def main() -> None:
     """Console entry point: usage errors become one line on stderr and exit 2, never a panel or a traceback."""
     try:
@@ -96,11 +293,21 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         sys.exit(130)
+    except BrokenPipeError:  # `msgtrace sql ... --csv | head`: the reader left, which is not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
     except typer.TyperException as exc:  # usage errors: bad option, bad value, unknown command
         ctx = getattr(exc, "ctx", None)
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
         typer.echo(f"msgtrace: error: {exc.format_message()}{hint}", err=True)
         sys.exit(exc.exit_code)
+    except Exception as exc:  # a bug: still one line (MSGTRACE_DEBUG=1 shows the traceback)
+        if os.environ.get("MSGTRACE_DEBUG"):
+            raise
+        message = " ".join(str(exc).split())[:500]
+        typer.echo(f"msgtrace: error: internal error: {type(exc).__name__}: {message} "
+                   "(set MSGTRACE_DEBUG=1 for details)", err=True)
+        sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
 
 
