@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+import shutil
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -283,6 +284,39 @@ def sql(
         render.result_table(result.table)
     if result.truncated:
         render.note(f"truncated: only the first {max_rows:,} rows are shown (raise --max-rows for more)")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def duckdb(ctx: typer.Context, data_dir: DataDirOption = None) -> None:
+    """Open the store in the DuckDB shell with every view defined (spans, traces, span_tree, stats, …).
+
+    Arguments after the options go to the duckdb shell, e.g. `msgtrace duckdb -c "SELECT * FROM traces LIMIT 5"`;
+    SQL piped to stdin runs and exits. The shell is the `duckdb` command of the duckdb-cli package.
+    """
+    import signal
+    import subprocess
+    import tempfile
+
+    from msgtrace.query.engine import shell_init_sql
+
+    path = data_dir.expanduser() if data_dir is not None else default_data_dir()
+    if not path.is_dir():
+        fail(f"no msgtrace store at {path} (pass --data-dir or set MSGTRACE_DATA_DIR)", code=1)
+    if not list(path.glob("spans/*/*.parquet")):
+        fail(f"the store at {path} has no Parquet files yet (spans reach them within seconds of ingest)", code=1)
+    beside = Path(sys.executable).parent / "duckdb"  # the venv's script, even when the venv is not activated
+    shell = str(beside) if beside.exists() else shutil.which("duckdb")
+    if shell is None:
+        fail("the duckdb shell is not installed (pip install duckdb-cli)", code=1)
+    with tempfile.TemporaryDirectory(prefix="msgtrace-duckdb-") as tmp:
+        init = Path(tmp) / "init.sql"
+        init.write_text(shell_init_sql(path))
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the shell
+        try:
+            code = subprocess.call([shell, "-init", str(init), *ctx.args])  # type: ignore[list-item]
+        finally:
+            signal.signal(signal.SIGINT, previous)
+    raise typer.Exit(code)
 
 
 def main() -> None:
