@@ -9,6 +9,11 @@ was sent. Duplicates between the two (a flush publishing while the query starts)
 Every query runs with a time limit (the cursor is interrupted: :class:`QueryTimeout`) and a row cap (the result says
 ``truncated``). Values are always bound as parameters; identifiers and paths go through :func:`quote_literal` /
 :func:`quote_ident`, never raw into SQL.
+
+User SQL from the network goes through :meth:`QueryEngine.run_sandboxed` instead: exactly one statement whose type
+is SELECT (DuckDB's own parser decides), run on a fresh, throw-away DuckDB database that holds the views, the
+snapshot and nothing else, with external access off (only the snapshot's Parquet files are readable), no extension
+install or load, and the configuration locked (:data:`SANDBOX_SETTINGS`).
 """
 
 from __future__ import annotations
@@ -87,6 +92,35 @@ class QueryResult:
         return self.table.to_pylist()
 
 
+# Applied in this order to every sandbox database once its views and snapshot exist; the lock comes last. Before
+# them, ``allowed_paths`` is set to the snapshot's exact Parquet files (not the spans/ directory: a write into an
+# allowed directory would be allowed too), and ``temp_directory`` is emptied (DuckDB allows its temp directory,
+# ``<cwd>/.tmp`` by default, even with external access off; without one, an over-large query fails instead of
+# spilling). Arrow tables registered from Python (``live_spans``) stay readable: registration is explicit, unlike
+# replacement scans of Python variables, which are off.
+SANDBOX_SETTINGS = (
+    "SET enable_external_access = false",
+    "SET autoinstall_known_extensions = false",
+    "SET autoload_known_extensions = false",
+    "SET allow_community_extensions = false",
+    "SET python_enable_replacements = false",
+    "SET lock_configuration = true",
+)
+
+
+def check_select(sql: str) -> None:
+    """Refuse (:class:`QueryError`) anything but exactly one SELECT statement, as DuckDB's parser sees it."""
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise QueryError(str(exc).splitlines()[0]) from None
+    if len(statements) != 1:
+        raise QueryError(f"exactly one SQL statement is allowed, got {len(statements)}")
+    kind = statements[0].type
+    if kind != duckdb.StatementType.SELECT:
+        raise QueryError(f"only SELECT statements are allowed, not {kind.name}")
+
+
 class QueryEngine:
     def __init__(self, data_dir: Path | str, *, live: LiveSource | None = None, timeout: float = 10.0,
                  max_rows: int = 10_000, threads: int | None = None) -> None:
@@ -94,8 +128,8 @@ class QueryEngine:
         self.timeout = timeout
         self.max_rows = max_rows
         self._live = live
-        config = {"threads": threads} if threads else {}
-        self._db = duckdb.connect(config=config)
+        self._config = {"threads": threads} if threads else {}
+        self._db = duckdb.connect(config=self._config)
         self._empty = SOURCE_SCHEMA.empty_table()
         # Views are bound when created, so a typed, empty spans_source must exist first; each cursor then
         # shadows it with a temp view over its own snapshot (temp objects win name resolution).
@@ -128,7 +162,9 @@ class QueryEngine:
             raise
         return cur
 
-    def _bind_source(self, cur: duckdb.DuckDBPyConnection) -> None:
+    def _bind_source(self, cur: duckdb.DuckDBPyConnection) -> list[str]:
+        """Point ``spans_source`` of ``cur`` at the snapshot; returns the files it reads (the sandbox allows exactly
+        these, so a file bound here but not returned fails closed there: a permission error)."""
         parts = [str(p) for p in self.layout.parts()]
         live = self._live() if self._live is not None else None
         selects = []
@@ -140,6 +176,7 @@ class QueryEngine:
             selects.append("SELECT * FROM live_spans")
         if selects:
             cur.execute("CREATE OR REPLACE TEMP VIEW spans_source AS " + " UNION ALL BY NAME ".join(selects))
+        return parts
 
     def run(self, sql: str, params: dict[str, Any] | list[Any] | None = None, *, max_rows: int | None = None,
             timeout: float | None = None) -> QueryResult:
@@ -147,21 +184,59 @@ class QueryEngine:
         cap = self.max_rows if max_rows is None else max_rows
         started = time.perf_counter()
         with self.cursor() as cur:
-            timer = threading.Timer(self.timeout if timeout is None else timeout, cur.interrupt)
-            timer.start()
-            try:
-                reader = cur.sql(sql, params=params).to_arrow_reader(min(cap + 1, 65_536) or 1)
-                batches, rows = [], 0
-                for batch in reader:
-                    batches.append(batch)
-                    rows += batch.num_rows
-                    if rows > cap:
-                        break
-                table = pa.Table.from_batches(batches, schema=reader.schema)
-            except duckdb.InterruptException:
-                raise QueryTimeout(f"query ran longer than {timer.interval:g} s and was stopped") from None
-            except duckdb.Error as exc:
-                raise QueryError(str(exc).splitlines()[0]) from None
-            finally:
-                timer.cancel()
+            return self._execute(cur, sql, params, cap, timeout, started)
+
+    def run_sandboxed(self, sql: str, params: dict[str, Any] | list[Any] | None = None, *,
+                      max_rows: int | None = None, timeout: float | None = None) -> QueryResult:
+        """Run untrusted SQL: one SELECT, on a sandbox database of its own (see the module docstring), with the
+        time limit and a row cap of at most the engine's ``max_rows``. Anything else is a :class:`QueryError`."""
+        check_select(sql)
+        cap = self.max_rows if max_rows is None else max(0, min(max_rows, self.max_rows))
+        started = time.perf_counter()
+        db = self.sandbox()
+        try:
+            return self._execute(db, sql, params, cap, timeout, started)
+        finally:
+            db.close()
+
+    def sandbox(self) -> duckdb.DuckDBPyConnection:
+        """A new in-memory database with the views over a snapshot taken now, locked down; the caller closes it.
+
+        It holds no table (``spans_source`` is a temp view over the snapshot's files, the live Arrow table or an
+        empty Arrow table), so even a data-modifying CTE that DuckDB parses as a SELECT has nothing to change."""
+        db = duckdb.connect(config=self._config)
+        try:
+            db.register("empty_source", self._empty)
+            db.execute("CREATE TEMP VIEW spans_source AS SELECT * FROM empty_source")
+            files = self._bind_source(db)
+            for statement in view_statements():
+                db.execute(statement)
+            db.execute(f"SET allowed_paths = [{', '.join(quote_literal(p) for p in files)}]")
+            db.execute("SET temp_directory = ''")
+            for setting in SANDBOX_SETTINGS:
+                db.execute(setting)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _execute(self, cur: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any] | list[Any] | None,
+                 cap: int, timeout: float | None, started: float) -> QueryResult:
+        timer = threading.Timer(self.timeout if timeout is None else timeout, cur.interrupt)
+        timer.start()
+        try:
+            reader = cur.sql(sql, params=params).to_arrow_reader(min(cap + 1, 65_536) or 1)
+            batches, rows = [], 0
+            for batch in reader:
+                batches.append(batch)
+                rows += batch.num_rows
+                if rows > cap:
+                    break
+            table = pa.Table.from_batches(batches, schema=reader.schema)
+        except duckdb.InterruptException:
+            raise QueryTimeout(f"query ran longer than {timer.interval:g} s and was stopped") from None
+        except duckdb.Error as exc:
+            raise QueryError(str(exc).splitlines()[0]) from None
+        finally:
+            timer.cancel()
         return QueryResult(table.slice(0, cap), rows > cap, (time.perf_counter() - started) * 1000)

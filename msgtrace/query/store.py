@@ -163,6 +163,13 @@ class Store:
         """Like :meth:`sql`, but the raw result: an Arrow table and whether it was ``truncated`` at the row cap."""
         return self.engine.run(query, params, max_rows=max_rows)
 
+    def sandboxed_sql(self, query: str, params: dict[str, Any] | list[Any] | None = None, *,
+                      max_rows: int | None = None) -> QueryResult:
+        """Untrusted SQL (the REST ``/sql`` endpoint): exactly one SELECT, run on a locked-down sandbox database
+        that can read only this store's Parquet files and in-memory spans (see
+        :meth:`~msgtrace.query.engine.QueryEngine.run_sandboxed`). Anything else raises ``QueryError`` (400)."""
+        return self.engine.run_sandboxed(query, params, max_rows=max_rows)
+
     # --- for analysis ---------------------------------------------------------------------------------------
     def spans(self) -> pl.LazyFrame:
         """The ``spans`` view as a LazyFrame; filters and column selections are applied by DuckDB as it scans.

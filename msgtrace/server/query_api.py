@@ -1,8 +1,9 @@
 """The read side of the REST API, under ``/api/v1``: a thin layer over :class:`msgtrace.query.store.Store`.
 
 No SQL lives here: the endpoints call ``Store.traces_result``, ``trace_result`` + ``trace_summary``, ``tree_result``
-and ``stats_result`` (the views the CLI and the Python API use) in a worker thread (:func:`call_store`, which also
-maps msgtrace errors to HTTP), and turn the rows into JSON with one converter (:func:`json_rows` / :func:`json_row`).
+and ``stats_result`` (the views the CLI and the Python API use), and ``POST /sql`` passes the client's SQL to
+``Store.sandboxed_sql``, each in a worker thread (:func:`call_store`, which also maps msgtrace errors to HTTP), and
+turn the rows into JSON with one converter (:func:`json_rows` / :func:`json_row`).
 
 JSON encoding of rows (one converter, used by every endpoint):
 
@@ -35,6 +36,7 @@ import pyarrow as pa
 from anyio import CapacityLimiter
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from msgtrace.errors import MsgtraceError
@@ -345,3 +347,37 @@ async def stats(
     result = await call_store(request, "stats_result", by, since=since, until=until)
     return JSONResponse({"by": by, "rows": json_rows(result.table), "truncated": result.truncated})
 
+
+class SqlRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sql: str = Field(description="Exactly one SELECT statement over the views: `spans`, `traces`, "
+                                 "`span_tree(trace_id)`, `stats(by, since, until)`.",
+                     examples=["SELECT workflow, count(*) AS n FROM traces GROUP BY ALL ORDER BY n DESC"])
+    params: dict[str, Any] | list[Any] | None = Field(
+        None, description="Values for `$name` (an object) or `?` / `$1` (an array) placeholders.")
+    max_rows: int | None = Field(None, ge=0, description="Rows to return at most; never more than the server's "
+                                                         "row cap (`MSGTRACE_QUERY_MAX_ROWS`), which is the default.")
+
+
+@router.post(
+    "/sql",
+    summary="Run one read-only SELECT over the views",
+    description="Exactly one statement, whose type (as DuckDB's own parser sees it) is SELECT; anything else is "
+                "refused with 400. It runs on a sandbox database of its own that holds the views over a snapshot "
+                "of the store and can read nothing else: external access is off (only the store's Parquet files "
+                "are readable), extensions cannot be installed or loaded, the configuration is locked. It is "
+                "stopped at the server's time limit (504), and at most `max_rows` rows come back (`truncated` "
+                "says there were more). `columns` are the result's column names, in order; each row is an object "
+                "keyed by them. " + _ENCODING,
+    responses={**_ok("The result.", {"columns": ["workflow", "n"], "rows": [{"workflow": "support_flow", "n": 812}],
+                                     "truncated": False, "elapsed_ms": 12.5}),
+               400: error_schema("Not exactly one SELECT statement (INSERT, COPY, ATTACH, SET, PRAGMA, several "
+                                 "statements, …), a SQL error, or a SELECT that reaches outside the store, e.g. "
+                                 "`read_csv('/etc/passwd')` (a permission error)."),
+               **_errors(422, 504)},
+)
+async def run_sql(request: Request, body: SqlRequest) -> JSONResponse:
+    result = await call_store(request, "sandboxed_sql", body.sql, body.params, max_rows=body.max_rows)
+    return JSONResponse({"columns": result.table.column_names, "rows": json_rows(result.table),
+                         "truncated": result.truncated, "elapsed_ms": round(result.elapsed_ms, 3)})
