@@ -286,6 +286,29 @@ def sql(
         render.note(f"truncated: only the first {max_rows:,} rows are shown (raise --max-rows for more)")
 
 
+@app.command()
+def clear(
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Delete every trace in the store: all of them disappear from every view at once.
+
+    The Parquet files are not rewritten (a tombstone lists the traces; compaction removes their rows). Traces
+    that arrive afterwards are kept; a trace id that was cleared stays hidden if more of its spans arrive.
+    """
+    store = _store(data_dir)
+    if not yes:
+        try:  # no terminal and nothing on stdin reads as "no"
+            confirmed = typer.confirm(f"Delete every trace in {store.data_dir}?", default=False, err=True)
+        except (typer.Abort, EOFError):
+            confirmed = False
+        if not confirmed:
+            fail("nothing deleted", code=1)
+    with _query_errors():
+        count = store.clear()
+    typer.echo(f"deleted {count:,} trace(s) from {store.data_dir}")
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def duckdb(ctx: typer.Context, data_dir: DataDirOption = None) -> None:
     """Open the store in the DuckDB shell with every view defined (spans, traces, span_tree, stats, …).

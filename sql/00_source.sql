@@ -6,3 +6,4 @@ CREATE OR REPLACE VIEW spans_source AS
 SELECT *
 FROM read_parquet(getvariable('msgtrace_data_dir') || '/spans/*/*.parquet', hive_partitioning = true,
                   union_by_name = true);
+

@@ -53,9 +53,14 @@ def view_statements() -> list[str]:
 
 def shell_init_sql(data_dir: Path) -> str:
     """Everything a plain ``duckdb`` shell needs to see the store through the views."""
-    files = [sql_dir() / "00_source.sql"]
-    setup = f"SET VARIABLE msgtrace_data_dir = {quote_literal(str(data_dir.expanduser().resolve()))};\n"
-    return setup + "\n".join(p.read_text() for p in files) + "\n" + "\n".join(view_statements())
+    root = data_dir.expanduser().resolve()
+    setup = f"SET VARIABLE msgtrace_data_dir = {quote_literal(str(root))};\n"
+    sql = setup + (sql_dir() / "00_source.sql").read_text() + "\n" + "\n".join(view_statements())
+    tombstones = StoreLayout(root).delete_files()
+    if tombstones:  # the tombstones that exist now (a glob over none would fail)
+        files = ", ".join(quote_literal(str(p)) for p in tombstones)
+        sql += f"\nCREATE OR REPLACE VIEW deleted_traces AS SELECT trace_id FROM read_parquet([{files}]);\n"
+    return sql
 
 
 def named_query(name: str) -> str:
@@ -176,7 +181,11 @@ class QueryEngine:
             selects.append("SELECT * FROM live_spans")
         if selects:
             cur.execute("CREATE OR REPLACE TEMP VIEW spans_source AS " + " UNION ALL BY NAME ".join(selects))
-        return parts
+        tombstones = [str(p) for p in self.layout.delete_files()]
+        if tombstones:
+            files = ", ".join(quote_literal(p) for p in tombstones)
+            cur.execute(f"CREATE OR REPLACE TEMP VIEW deleted_traces AS SELECT trace_id FROM read_parquet([{files}])")
+        return parts + tombstones
 
     def run(self, sql: str, params: dict[str, Any] | list[Any] | None = None, *, max_rows: int | None = None,
             timeout: float | None = None) -> QueryResult:
@@ -225,7 +234,10 @@ class QueryEngine:
         timer = threading.Timer(self.timeout if timeout is None else timeout, cur.interrupt)
         timer.start()
         try:
-            reader = cur.sql(sql, params=params).to_arrow_reader(min(cap + 1, 65_536) or 1)
+            relation = cur.sql(sql, params=params)
+            if relation is None:
+                raise QueryError("the SQL returns no rows (it is empty, or not a query)")
+            reader = relation.to_arrow_reader(min(cap + 1, 65_536) or 1)
             batches, rows = [], 0
             for batch in reader:
                 batches.append(batch)
@@ -233,9 +245,12 @@ class QueryEngine:
                 if rows > cap:
                     break
             table = pa.Table.from_batches(batches, schema=reader.schema)
-        except duckdb.InterruptException:
-            raise QueryTimeout(f"query ran longer than {timer.interval:g} s and was stopped") from None
-        except duckdb.Error as exc:
+        except (duckdb.Error, OSError) as exc:
+            # An interrupt while Arrow batches stream surfaces as an OSError rather than an InterruptException.
+            if isinstance(exc, duckdb.InterruptException) or (timer.finished.is_set() and "nterrupt" in str(exc)):
+                raise QueryTimeout(f"query ran longer than {timer.interval:g} s and was stopped") from None
+            if isinstance(exc, OSError):
+                raise
             raise QueryError(str(exc).splitlines()[0]) from None
         finally:
             timer.cancel()

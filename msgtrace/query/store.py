@@ -18,6 +18,7 @@ from msgtrace.config import default_data_dir
 from msgtrace.errors import MsgtraceError
 from msgtrace.query.engine import LiveSource, QueryEngine, QueryResult, named_query
 from msgtrace.query.options import STATS_DIMENSIONS, TRACE_SORTS
+from msgtrace.storage.deletes import write_tombstone
 
 if TYPE_CHECKING:
     import polars as pl
@@ -169,6 +170,25 @@ class Store:
         that can read only this store's Parquet files and in-memory spans (see
         :meth:`~msgtrace.query.engine.QueryEngine.run_sandboxed`). Anything else raises ``QueryError`` (400)."""
         return self.engine.run_sandboxed(query, params, max_rows=max_rows)
+
+    # --- deletes --------------------------------------------------------------------------------------------
+    def delete_trace(self, trace_id: str) -> str:
+        """Hide one trace from every view at once (a tombstone; compaction removes the rows later).
+
+        Raises :class:`TraceNotFound` when no such trace is visible; returns the id, lower-cased.
+        """
+        trace_id = check_trace_id(trace_id)
+        self.trace_summary(trace_id)  # raises TraceNotFound
+        write_tombstone(self.engine.layout, [trace_id])
+        return trace_id
+
+    def clear(self) -> int:
+        """Hide every trace visible now (in Parquet, and in the live buffer when run inside the server); returns
+        how many. Traces that start arriving afterwards are kept."""
+        ids = [r["trace_id"] for r in self.engine.run("SELECT DISTINCT trace_id FROM spans",
+                                                      max_rows=1 << 62).rows()]
+        write_tombstone(self.engine.layout, ids)
+        return len(ids)
 
     # --- for analysis ---------------------------------------------------------------------------------------
     def spans(self) -> pl.LazyFrame:

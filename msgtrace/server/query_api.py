@@ -304,6 +304,20 @@ def _trace_and_summary(store: Store, trace_id: str) -> tuple[Any, dict[str, Any]
     return spans, store.trace_summary(trace_id)
 
 
+@router.delete(
+    "/traces/{trace_id}",
+    summary="Delete one trace",
+    description="Hides the trace from every view at once — the trace list, its detail and tree, stats, SQL, the CLI "
+                "and the DuckDB shell — whether its spans are in Parquet files or still in memory, and also spans of "
+                "it that arrive later. The data files are not rewritten: a tombstone under `deletes/` lists the "
+                "trace, and compaction removes its rows physically.",
+    responses={**_ok("Deleted.", {"deleted": "2696f4701a86a3602fc274ae431deec3"}), **_errors(400, 404, 504)},
+)
+async def delete_trace(request: Request, trace_id: str = TraceIdPath) -> JSONResponse:
+    deleted = await call_store(request, "delete_trace", trace_id)  # validates the id (400); 404 when unknown
+    return JSONResponse({"deleted": deleted})
+
+
 @router.get(
     "/traces/{trace_id}/tree",
     summary="The span tree of one trace",

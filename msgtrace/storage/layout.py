@@ -7,6 +7,7 @@
                                              so replaying a range after a crash overwrites instead of duplicating
       wal/<first-seq>.wal                    write-ahead log segments (see msgtrace.ingest.wal)
       wal/checkpoint                         every WAL record up to this sequence number is in spans/
+      deletes/<time>-<pid>-<id>.parquet      tombstones: trace ids hidden from every view (msgtrace.storage.deletes)
       quarantine/                            temp files, unreadable parts and corrupt WAL segments moved aside
 
 Readers glob ``spans/*/*.parquet``: a file is only ever visible there under its final name once complete.
@@ -36,6 +37,13 @@ class StoreLayout:
     @property
     def wal_dir(self) -> Path:
         return self.root / "wal"
+
+    @property
+    def deletes_dir(self) -> Path:
+        return self.root / "deletes"
+
+    def delete_files(self) -> list[Path]:
+        return sorted(self.deletes_dir.glob(f"*{PART_SUFFIX}"))
 
     @property
     def quarantine_dir(self) -> Path:
