@@ -4,6 +4,5 @@
 -- the spans still in memory), so this file is only read by a shell user.
 CREATE OR REPLACE VIEW spans_source AS
 SELECT *
-FROM read_parquet(getvariable('msgtrace_data_dir') || '/spans/*/*.parquet', hive_partitioning = true,
-                  union_by_name = true);
+FROM read_parquet(getvariable('msgtrace_data_dir') || '/spans/*/*.parquet', hive_partitioning = true);
 
