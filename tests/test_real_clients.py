@@ -360,6 +360,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import msgtrace
+import msgtrace.version  # the SDK's own version module (msgtrace.__version__ is the store's when both are installed)
 import msgtrace.sdk  # reads MSGTRACE_* now and installs its own global TracerProvider with an OTLP exporter
 from msgtrace.sdk import (MsgTraceAttributes as A, Spans, add_flow_step_event, add_model_request_event,
                           add_model_response_event, add_tool_call_event, add_tool_result_event)
@@ -439,7 +440,7 @@ asyncio.run(batch_flow())
 
 ok = provider.force_flush(15_000)
 tracer_manager.shutdown()
-json.dump({"sdk_file": msgtrace.sdk.__file__, "sdk_version": msgtrace.__version__, "flushed": ok,
+json.dump({"sdk_file": msgtrace.sdk.__file__, "sdk_version": msgtrace.version.__version__, "flushed": ok,
            "spans": [describe_span(s) for s in memory.get_finished_spans()]}, sys.stdout)
 '''
 
