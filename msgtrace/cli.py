@@ -83,6 +83,13 @@ def ingest(
     flush_interval: Annotated[float | None, typer.Option(
         help="Seconds spans may wait in memory before being written to Parquet (env MSGTRACE_FLUSH_INTERVAL; "
              "default 5)", show_default=False)] = None,
+    allowed_hosts: Annotated[str | None, typer.Option(
+        help="Comma-separated Host names to answer besides localhost, *.localhost, 127.0.0.1 and [::1] "
+             "('name', '*.suffix', or '*' for any); bound to loopback, other names get 403 "
+             "(env MSGTRACE_ALLOWED_HOSTS)", show_default=False)] = None,
+    cors_origins: Annotated[str | None, typer.Option(
+        help="Comma-separated browser origins allowed by CORS, e.g. http://localhost:3000 (env "
+             "MSGTRACE_CORS_ORIGINS; default none: no CORS headers)", show_default=False)] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
 ) -> None:
     """Run the OTLP/HTTP ingest server (POST /v1/traces and /api/v1/traces/export, GET /health)."""
@@ -94,7 +101,8 @@ def ingest(
         fail(f"--log-level must be debug, info, warning or error, not {log_level!r}")
     try:
         config = IngestConfig.from_env(host=host, port=port, data_dir=data_dir, fsync=fsync,
-                                       flush_interval=flush_interval)
+                                       flush_interval=flush_interval, allowed_hosts=allowed_hosts,
+                                       cors_origins=cors_origins)
     except ValueError as exc:
         fail(str(exc))
     try:

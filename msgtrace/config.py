@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -37,6 +38,11 @@ class IngestConfig:
     data_dir: Path = dataclasses.field(default_factory=default_data_dir)
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
+    # Host names answered besides the local ones (comma-separated in the environment; see msgtrace/server/hosts.py):
+    # ``name``, ``*.suffix`` or ``*`` (no check). Bound to loopback, any other Host gets a 403 (DNS rebinding).
+    allowed_hosts: tuple[str, ...] = ()
+    # Browser origins (``https://app.example:8080``, or ``*``) sent CORS headers; none by default, never credentials.
+    cors_origins: tuple[str, ...] = ()
 
     # --- durability -------------------------------------------------------------------------------------------
     # ``batch`` (default): group commit. Every 200 still waits for an fsync that covers its WAL record, but
@@ -74,6 +80,9 @@ class IngestConfig:
                 continue
             values[field.name] = _parse(field.name, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
+        for name in ("allowed_hosts", "cors_origins"):
+            if name in values:
+                values[name] = split_list(values[name])  # type: ignore[arg-type]
         if "data_dir" in values:
             values["data_dir"] = Path(str(values["data_dir"])).expanduser()
         return cls(**values).validated()  # type: ignore[arg-type]
@@ -89,7 +98,23 @@ class IngestConfig:
                 raise ValueError(f"{name} must be positive, not {getattr(self, name)}")
         if self.flush_bytes >= self.buffer_limit_bytes:
             raise ValueError("flush_bytes must be smaller than buffer_limit_bytes")
+        for name in self.allowed_hosts:
+            if not _HOST_PATTERN.match(name):
+                raise ValueError(f"allowed_hosts: {name!r} is not a host name, '*.suffix' or '*'")
+        for origin in self.cors_origins:
+            if not _ORIGIN.match(origin):
+                raise ValueError(f"cors_origins: {origin!r} is not an origin like https://app.example:8080 or '*'")
         return self
+
+
+def split_list(raw: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """A comma-separated setting (environment variable or flag) as a tuple of its non-empty items."""
+    items = raw.split(",") if isinstance(raw, str) else raw
+    return tuple(item.strip() for item in items if item.strip())
+
+
+_HOST_PATTERN = re.compile(r"\A(\*|(\*\.)?[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\])\Z")
+_ORIGIN = re.compile(r"\A(\*|https?://[A-Za-z0-9_.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?)\Z")
 
 
 def _parse(name: str, raw: str) -> object:
@@ -99,6 +124,8 @@ def _parse(name: str, raw: str) -> object:
             return int(raw.replace("_", ""))
         if kind == "float":
             return float(raw)
+        if kind == "tuple[str, ...]":
+            return split_list(raw)
     except ValueError:
         raise ValueError(f"MSGTRACE_{name.upper()}={raw!r} is not a number") from None
     return raw

@@ -30,7 +30,7 @@ from msgtrace.ingest.receive import (
     success_body,
     wire_format,
 )
-from msgtrace.server import errors, query_api
+from msgtrace.server import errors, hosts, query_api
 
 if TYPE_CHECKING:
     from msgtrace.query.store import Store
@@ -103,6 +103,7 @@ def create_app(ingestor: Ingestor) -> FastAPI:
 
     app.state.store = LazyStore(make_store)
     errors.install(app)
+    hosts.install(app, bind_host=config.host, allowed_hosts=config.allowed_hosts, cors_origins=config.cors_origins)
     app.include_router(query_api.router, prefix="/api/v1")
     inflight = ByteBudget(config.max_inflight_bytes)
 
