@@ -6,6 +6,7 @@ Errors a user can cause (a bad flag value, a data directory in use) print one li
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import re
 import shutil
@@ -90,6 +91,9 @@ def ingest(
     cors_origins: Annotated[str | None, typer.Option(
         help="Comma-separated browser origins allowed by CORS, e.g. http://localhost:3000 (env "
              "MSGTRACE_CORS_ORIGINS; default none: no CORS headers)", show_default=False)] = None,
+    retention_days: Annotated[int | None, typer.Option(
+        help="Keep today and the N previous UTC days; older day partitions are dropped in the background "
+             "(env MSGTRACE_RETENTION_DAYS; default 0: keep everything)", show_default=False, min=0)] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
 ) -> None:
     """Run the OTLP/HTTP ingest server (POST /v1/traces and /api/v1/traces/export, GET /health)."""
@@ -102,7 +106,7 @@ def ingest(
     try:
         config = IngestConfig.from_env(host=host, port=port, data_dir=data_dir, fsync=fsync,
                                        flush_interval=flush_interval, allowed_hosts=allowed_hosts,
-                                       cors_origins=cors_origins)
+                                       cors_origins=cors_origins, retention_days=retention_days)
     except ValueError as exc:
         fail(str(exc))
     try:
@@ -315,6 +319,96 @@ def clear(
     with _query_errors():
         count = store.clear()
     typer.echo(f"deleted {count:,} trace(s) from {store.data_dir}")
+
+
+# --- upkeep: the writer's work, so it needs the data directory's lock (no server running on it) ---------------------
+@contextmanager
+def _writer(data_dir: Path | None, grace: float | None) -> Iterator[tuple[Path, object]]:
+    """Take the store's lock and give a Compactor over it; a running server on it is a one-line error."""
+    from msgtrace.storage.compactor import Compactor
+    from msgtrace.storage.layout import StoreLayout
+    from msgtrace.storage.lock import DirLock
+
+    path = data_dir.expanduser() if data_dir is not None else default_data_dir()
+    if not (path / "spans").is_dir():
+        fail(f"no msgtrace store at {path} (pass --data-dir or set MSGTRACE_DATA_DIR)", code=1)
+    try:
+        config = IngestConfig.from_env(data_dir=path, compaction_grace_seconds=grace)
+    except ValueError as exc:
+        fail(str(exc))
+    layout = StoreLayout(path)
+    lock = DirLock(layout.lock_path)
+    try:
+        lock.acquire()
+    except DataDirLocked as exc:
+        fail(f"{exc} (a running server compacts and applies --retention-days itself)", code=1)
+    try:
+        yield path, Compactor(layout, config.compaction_settings())
+    finally:
+        lock.release()
+
+
+GraceOption = Annotated[float | None, typer.Option(
+    "--grace", min=0, help="Seconds replaced files stay on disk, hidden, before deletion, so queries already "
+    "running in other processes (a DuckDB shell, a notebook) finish (env MSGTRACE_COMPACTION_GRACE_SECONDS; "
+    "default 600)", show_default=False)]
+
+
+@app.command()
+def compact(data_dir: DataDirOption = None, grace: GraceOption = None, json_out: JsonOption = False) -> None:
+    """Merge each day's small Parquet files into few large ones sorted for trace lookup, dropping deleted traces
+    and duplicate spans. The server does this in the background; run it when no server owns the store."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with _writer(data_dir, grace) as (path, compactor):
+        plans = compactor.plan(force=True)  # type: ignore[attr-defined]
+        total = sum(p.rows for p in plans)
+        with Progress(TextColumn("compacting"), BarColumn(), MofNCompleteColumn(), TextColumn("spans"),
+                      TimeRemainingColumn(), transient=True, disable=json_out or not sys.stderr.isatty(),
+                      console=_stderr_console()) as progress:
+            task = progress.add_task("compact", total=total)
+            report = compactor.run(plans=plans, progress=lambda n: progress.advance(task, n))  # type: ignore[attr-defined]
+    summary = report.as_dict()
+    if json_out:
+        typer.echo(json.dumps(summary))
+        return
+    rate = report.input_rows / report.seconds if report.seconds else 0.0
+    typer.echo(f"compacted {report.input_files:,} file(s) of {report.days} day(s) into {report.output_files:,} "
+               f"in {report.seconds:.1f} s ({report.input_rows:,} spans, {rate:,.0f} spans/s); dropped "
+               f"{report.dropped_duplicates:,} duplicate and {report.dropped_deleted:,} deleted span(s); "
+               f"{report.purged_files:,} replaced file(s) deleted after the grace period")
+
+
+@app.command()
+def prune(
+    before: Annotated[str, typer.Option(help="Drop every day partition before this UTC date (YYYY-MM-DD)",
+                                        show_default=False)],
+    data_dir: DataDirOption = None,
+    grace: GraceOption = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Drop whole day partitions older than --before: gone from every view at once, files deleted after --grace."""
+    try:
+        cutoff = dt.date.fromisoformat(before)
+    except ValueError:
+        fail(f"--before must be a date like 2026-11-01, not {before!r}")
+    with _writer(data_dir, grace) as (path, compactor):
+        if not yes:
+            try:
+                confirmed = typer.confirm(f"Drop every day before {cutoff} in {path}?", default=False, err=True)
+            except (typer.Abort, EOFError):
+                confirmed = False
+            if not confirmed:
+                fail("nothing dropped", code=1)
+        report = compactor.prune(cutoff)  # type: ignore[attr-defined]
+    days = ", ".join(report.days) if report.days else "none"
+    typer.echo(f"dropped {len(report.days)} day(s) ({days}): {report.files:,} file(s), {report.spans:,} spans")
+
+
+def _stderr_console():  # type: ignore[no-untyped-def]
+    from rich.console import Console
+
+    return Console(stderr=True)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -70,6 +70,21 @@ class IngestConfig:
     query_timeout: float = 10.0  # seconds before a query is interrupted (504)
     query_max_rows: int = 10_000  # rows a query returns at most; results say `truncated`
 
+    # --- compaction and retention (msgtrace/storage/compactor.py, msgtrace/storage/retired.py) ----------------
+    compaction_interval: float = 30.0  # seconds between background compaction passes; 0 turns them off
+    compaction_target_rows: int = 125_000  # spans per compacted file at most (~2.2 KB of Arrow each in memory)
+    compaction_settle_seconds: float = 600.0  # a day without a new part for this long gets its final layout
+    # Replaced parts stay on disk (hidden) this long before deletion, so no running query loses a file under it.
+    compaction_grace_seconds: float = 600.0
+    retention_days: int = 0  # keep today and the N previous UTC days; 0 keeps everything
+
+    def compaction_settings(self):  # type: ignore[no-untyped-def]
+        from msgtrace.storage.compactor import CompactionSettings
+
+        return CompactionSettings(target_rows=self.compaction_target_rows,
+                                  settle_seconds=self.compaction_settle_seconds,
+                                  grace_seconds=self.compaction_grace_seconds)
+
     @classmethod
     def from_env(cls, **overrides: object) -> IngestConfig:
         """Defaults, then ``MSGTRACE_*`` environment variables, then explicit ``overrides`` (non-None only)."""
@@ -98,6 +113,11 @@ class IngestConfig:
                 raise ValueError(f"{name} must be positive, not {getattr(self, name)}")
         if self.flush_bytes >= self.buffer_limit_bytes:
             raise ValueError("flush_bytes must be smaller than buffer_limit_bytes")
+        if self.compaction_target_rows <= 0:
+            raise ValueError(f"compaction_target_rows must be positive, not {self.compaction_target_rows}")
+        for name in ("compaction_interval", "compaction_settle_seconds", "compaction_grace_seconds", "retention_days"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative, not {getattr(self, name)}")
         for name in self.allowed_hosts:
             if not _HOST_PATTERN.match(name):
                 raise ValueError(f"allowed_hosts: {name!r} is not a host name, '*.suffix' or '*'")

@@ -3,6 +3,7 @@
 :class:`Ingestor` is what the server (and the benchmark, and tests) drive::
 
     ingestor = Ingestor(config); ingestor.start()      # lock, quarantine, replay the WAL, start the flusher
+                                                       # and the background compaction (storage/maintenance.py)
     result = ingestor.accept(WireFormat.PROTOBUF, body, received_unix_nano)   # durable when it returns
     ingestor.close()                                   # flush everything, retire the WAL, unlock
 
@@ -33,6 +34,7 @@ from msgtrace.ingest.decode import WireFormat, decode_request
 from msgtrace.ingest.wal import WalRecord, WriteAheadLog
 from msgtrace.storage.layout import StoreLayout, part_range
 from msgtrace.storage.lock import DirLock
+from msgtrace.storage.maintenance import Maintenance
 from msgtrace.storage.recovery import quarantine_bad_parts
 from msgtrace.storage.writer import write_parts
 
@@ -74,6 +76,8 @@ class Ingestor:
         self._flusher: threading.Thread | None = None
         self._dir_lock = DirLock(self.layout.lock_path)
         self._recent_keys: pa.Array | None = None  # span keys of the previous flush, for duplicate collapse
+        # Compaction only touches parts the WAL checkpoint covers: a replay may rewrite any part past it.
+        self.maintenance = Maintenance(self.layout, config, checkpoint=lambda: self.wal.checkpoint)
         self.started = False
 
     # --- lifecycle ------------------------------------------------------------------------------------------
@@ -90,12 +94,14 @@ class Ingestor:
             raise
         self._flusher = threading.Thread(target=self._flush_loop, name="msgtrace-flusher", daemon=True)
         self._flusher.start()
+        self.maintenance.start()
         self.started = True
 
     def close(self) -> None:
         """Flush everything buffered, retire the WAL and release the data directory."""
         if not self.started:
             return
+        self.maintenance.stop()
         with self._wake:
             self._stopping = True
             self._wake.notify_all()
@@ -283,6 +289,7 @@ class Ingestor:
                 "errors": s.errors,
                 "last_error": s.last_error,
             },
+            "compaction": self.maintenance.status(),
             "quarantined": list(self.quarantined),
         }
 

@@ -2,8 +2,8 @@
 
 It owns a DuckDB database holding the views and macros of ``sql/*.sql`` (the single source of query truth). Each
 query gets its own cursor, on which ``spans_source`` — the relation every view reads — is bound to a snapshot: the
-Parquet parts that exist when the query starts (an explicit list, so a flush publishing a part mid-query changes
-nothing) plus, inside the server, the spans still in memory (``live``), so a span is queryable as soon as its 200
+Parquet parts that exist when the query starts, less those compaction has retired (an explicit list, so a flush or
+a compaction publishing a part mid-query changes nothing) plus, inside the server, the spans still in memory (``live``), so a span is queryable as soon as its 200
 was sent. Duplicates between the two (a flush publishing while the query starts) collapse in the ``spans`` view.
 
 Every query runs with a time limit (the cursor is interrupted: :class:`QueryTimeout`) and a row cap (the result says
@@ -32,6 +32,7 @@ import pyarrow as pa
 from msgtrace.errors import MsgtraceError
 from msgtrace.schema import SPAN_SCHEMA
 from msgtrace.storage.layout import StoreLayout
+from msgtrace.storage.retired import visible_parts
 
 SOURCE_SCHEMA = SPAN_SCHEMA.append(pa.field("date", pa.date32()))
 LiveSource = Callable[[], pa.Table | None]
@@ -55,8 +56,14 @@ def shell_init_sql(data_dir: Path) -> str:
     """Everything a plain ``duckdb`` shell needs to see the store through the views."""
     root = data_dir.expanduser().resolve()
     setup = f"SET VARIABLE msgtrace_data_dir = {quote_literal(str(root))};\n"
-    sql = setup + (sql_dir() / "00_source.sql").read_text() + "\n" + "\n".join(view_statements())
-    tombstones = StoreLayout(root).delete_files()
+    layout = StoreLayout(root)
+    if not layout.retired_path.exists():  # a store nothing has compacted yet: no list to read
+        setup += "CREATE OR REPLACE VIEW retired_parts AS SELECT CAST(NULL AS VARCHAR) AS filename WHERE false;\n"
+    source = (sql_dir() / "00_source.sql").read_text()
+    if not layout.retired_path.exists():
+        source = source[source.index("CREATE OR REPLACE VIEW spans_source"):]
+    sql = setup + source + "\n" + "\n".join(view_statements())
+    tombstones = layout.delete_files()
     if tombstones:  # the tombstones that exist now (a glob over none would fail)
         files = ", ".join(quote_literal(str(p)) for p in tombstones)
         sql += f"\nCREATE OR REPLACE VIEW deleted_traces AS SELECT trace_id FROM read_parquet([{files}]);\n"
@@ -173,8 +180,11 @@ class QueryEngine:
     def _bind_source(self, cur: duckdb.DuckDBPyConnection) -> list[str]:
         """Point ``spans_source`` of ``cur`` at the snapshot; returns the files it reads (the sandbox allows exactly
         these, so a file bound here but not returned fails closed there: a permission error)."""
-        parts = [str(p) for p in self.layout.parts()]
+        # The live buffer first, the files second: a flush publishes its parts before it lets go of the buffered
+        # spans, so whatever left the buffer before it was read is in a part the glob then finds. (The other order
+        # loses a flush that lands between the two reads.)
         live = self._live() if self._live is not None else None
+        parts = [str(p) for p in visible_parts(self.layout)]
         selects = []
         if parts:
             files = ", ".join(quote_literal(p) for p in parts)

@@ -7,10 +7,15 @@
                                              so replaying a range after a crash overwrites instead of duplicating
       wal/<first-seq>.wal                    write-ahead log segments (see msgtrace.ingest.wal)
       wal/checkpoint                         every WAL record up to this sequence number is in spans/
+      spans/date=YYYY-MM-DD/c-<time>-<n>.parquet
+                                             compacted parts (msgtrace.storage.compactor)
+      retired.json                           parts replaced by compaction or dropped by retention, hidden from
+                                             readers until deleted after a grace period (msgtrace.storage.retired)
       deletes/<time>-<pid>-<id>.parquet      tombstones: trace ids hidden from every view (msgtrace.storage.deletes)
       quarantine/                            temp files, unreadable parts and corrupt WAL segments moved aside
 
-Readers glob ``spans/*/*.parquet``: a file is only ever visible there under its final name once complete.
+Readers glob ``spans/*/*.parquet`` minus the retired parts: a file is only ever visible there under its final name
+once complete.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from pathlib import Path
 PART_SUFFIX = ".parquet"
 TEMP_SUFFIX = ".tmp"
 _PART = re.compile(r"^(\d{20})-(\d{20})\.parquet$")
+COMPACTED_PREFIX = "c-"
 _EPOCH = dt.date(1970, 1, 1)
 
 
@@ -44,6 +50,10 @@ class StoreLayout:
 
     def delete_files(self) -> list[Path]:
         return sorted(self.deletes_dir.glob(f"*{PART_SUFFIX}"))
+
+    @property
+    def retired_path(self) -> Path:
+        return self.root / "retired.json"
 
     @property
     def quarantine_dir(self) -> Path:
@@ -69,7 +79,11 @@ class StoreLayout:
         return self.day_dir(day) / part_name(first_seq, last_seq)
 
     def parts(self) -> list[Path]:
+        """Every part on disk, retired or not (readers want :func:`msgtrace.storage.retired.visible_parts`)."""
         return sorted(self.spans_dir.glob(f"date=*/*{PART_SUFFIX}"))
+
+    def compacted_path(self, day: int, stamp_ns: int, n: int) -> Path:
+        return self.day_dir(day) / f"{COMPACTED_PREFIX}{stamp_ns:020d}-{n:04d}{PART_SUFFIX}"
 
 
 def part_name(first_seq: int, last_seq: int) -> str:
@@ -84,3 +98,18 @@ def part_range(path: Path) -> tuple[int, int] | None:
 
 def day_to_date(day: int) -> dt.date:
     return _EPOCH + dt.timedelta(days=day)
+
+
+def date_to_day(date: dt.date) -> int:
+    return (date - _EPOCH).days
+
+
+def part_day(path: Path) -> int | None:
+    """The partition day of a part from its directory name (``date=YYYY-MM-DD``), or None."""
+    name = path.parent.name
+    if not name.startswith("date="):
+        return None
+    try:
+        return date_to_day(dt.date.fromisoformat(name[5:]))
+    except ValueError:
+        return None

@@ -1,0 +1,86 @@
+"""The server's background upkeep of the store: retention, then compaction, every ``compaction_interval`` seconds.
+
+One thread, at a lower CPU priority than ingest. Runs only in the process that holds the data directory's lock (the
+server); ``msgtrace compact`` and ``msgtrace prune`` do the same work on demand when no server runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from msgtrace.config import IngestConfig
+from msgtrace.storage.compactor import Compactor, lower_priority, retention_cutoff
+from msgtrace.storage.layout import StoreLayout
+
+log = logging.getLogger("msgtrace.maintenance")
+
+
+class Maintenance:
+    def __init__(self, layout: StoreLayout, config: IngestConfig, checkpoint: Callable[[], int]) -> None:
+        self.config = config
+        self.compactor = Compactor(layout, config.compaction_settings(), checkpoint=checkpoint)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.passes = 0
+        self.pruned_days: list[str] = []
+        self.errors = 0
+        self.last_error: str | None = None
+        self.last_pass_unix: float | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.config.compaction_interval > 0
+
+    def start(self) -> None:
+        if self.enabled and self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="msgtrace-maintenance", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stop after the current pass (a compaction in progress finishes: its outputs are published or not)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def run_once(self) -> None:
+        if self.config.retention_days:
+            report = self.compactor.prune(retention_cutoff(self.config.retention_days))
+            if report.days:
+                log.info("retention: dropped %s (%d spans)", ", ".join(report.days), report.spans)
+                self.pruned_days.extend(report.days)
+        report = self.compactor.run()
+        if report.input_files:
+            log.info("compacted %d files (%d spans) of %d day(s) into %d in %.1f s", report.input_files,
+                     report.input_rows, report.days, report.output_files, report.seconds)
+        self.passes += 1
+        self.last_pass_unix = time.time()
+
+    def _loop(self) -> None:
+        lower_priority()
+        while not self._stop.wait(self.config.compaction_interval):
+            try:
+                self.run_once()
+            except Exception as exc:  # keep serving; the next pass retries, /health shows the error
+                self.errors += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("compaction pass failed; retrying in %.0f s", self.config.compaction_interval)
+
+    def status(self) -> dict[str, object]:
+        totals = self.compactor.totals.as_dict()
+        last = self.compactor.last.as_dict() if self.compactor.last is not None else None
+        return {
+            "enabled": self.enabled,
+            "interval_seconds": self.config.compaction_interval,
+            "retention_days": self.config.retention_days or None,
+            "passes": self.passes,
+            "last_pass_unix": self.last_pass_unix,
+            "last": last,
+            "totals": totals,
+            "pruned_days": self.pruned_days[-30:],
+            "errors": self.errors,
+            "last_error": self.last_error,
+        }
