@@ -23,7 +23,7 @@ from msgtrace.storage.deletes import write_tombstone
 if TYPE_CHECKING:
     import polars as pl
 
-_TRACE_ID = re.compile(r"^[0-9a-fA-F]{32}$")
+_TRACE_ID = re.compile(r"[0-9a-fA-F]{32}")  # fullmatch: "$" would also match before a final newline
 
 
 class InvalidArgument(MsgtraceError):
@@ -38,7 +38,7 @@ class TraceNotFound(MsgtraceError):
 
 def check_trace_id(trace_id: str) -> str:
     """Validate a trace id (32 hex characters, any case) before it reaches SQL; returns it lower-cased."""
-    if not isinstance(trace_id, str) or not _TRACE_ID.match(trace_id):
+    if not isinstance(trace_id, str) or not _TRACE_ID.fullmatch(trace_id):
         raise InvalidArgument(f"trace id must be 32 hexadecimal characters, got {trace_id!r:.80}")
     return trace_id.lower()
 
