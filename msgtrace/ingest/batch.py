@@ -290,7 +290,8 @@ class SpanBatchBuilder:
             if cost[i] is None:
                 cost[i] = _sum_cost(f)
             if total[i] is None and inp[i] is not None and outp[i] is not None:
-                total[i] = inp[i] + outp[i]
+                summed = inp[i] + outp[i]  # each fits int64, their sum may not (an OverflowError was a 500)
+                total[i] = summed if -_INT64_MAX <= summed <= _INT64_MAX else None
         out["cost"] = pa.array(cost, pa.float64())
         out["total_tokens"] = pa.array(total, pa.int64())
         return out

@@ -21,7 +21,6 @@ from msgtrace.schema import SPAN_KINDS, STATUS_CODES
 
 _json = msgspec.json.Encoder()
 _INT64 = (-(1 << 63), (1 << 63) - 1)
-_UINT64_MAX = (1 << 64) - 1
 _KIND_NAMES = {f"SPAN_KIND_{k}": k for k in SPAN_KINDS} | {k: k for k in SPAN_KINDS}
 _STATUS_NAMES = {f"STATUS_CODE_{s}": s for s in STATUS_CODES} | {s: s for s in STATUS_CODES}
 _FLOAT_WORDS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
@@ -36,6 +35,8 @@ def decode_json(body: bytes, builder: SpanBatchBuilder) -> None:
         doc = msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
         raise MalformedRequest(f"body is not valid JSON: {exc}") from None
+    except UnicodeDecodeError as exc:  # msgspec raises this, not DecodeError, for invalid UTF-8 inside a string
+        raise MalformedRequest(f"JSON body is not valid UTF-8: {exc.reason} at a string's byte {exc.start}") from None
     except RecursionError:
         raise MalformedRequest("JSON nesting is too deep") from None
     try:
@@ -69,7 +70,7 @@ def _walk(doc: object, builder: SpanBatchBuilder) -> None:
         if not isinstance(resource, dict):
             raise ValueError("resource must be an object")
         _put(builder.resource_attrs, resource.get("attributes"))
-        res = builder.add_resource(_uint(_get(resource, "droppedAttributesCount", "dropped_attributes_count", 0)),
+        res = builder.add_resource(_uint32(_get(resource, "droppedAttributesCount", "dropped_attributes_count", 0)),
                                    _str(_get(rs, "schemaUrl", "schema_url", "")))
         for ss in _objects(_get(rs, "scopeSpans", "scope_spans"), "scopeSpans"):
             scope = ss.get("scope") or {}
@@ -100,26 +101,26 @@ def _span(span: dict, res: int, sc: int, builder: SpanBatchBuilder) -> None:
     # Convert everything that can fail before touching the builder, so a 400 leaves no half-added span behind.
     row = (
         trace_id, span_id, parent_id, _str(_get(span, "traceState", "trace_state", "")),
-        _uint(span.get("flags", 0)), name, _enum(span.get("kind", 0), _KIND_NAMES, SPAN_KINDS),
+        _uint32(span.get("flags", 0)), name, _enum(span.get("kind", 0), _KIND_NAMES, SPAN_KINDS),
         _uint(_get(span, "startTimeUnixNano", "start_time_unix_nano", 0)),
         _uint(_get(span, "endTimeUnixNano", "end_time_unix_nano", 0)),
         _enum(status.get("code", 0), _STATUS_NAMES, STATUS_CODES), _str(status.get("message", "")),
-        _uint(_get(span, "droppedAttributesCount", "dropped_attributes_count", 0)),
-        _uint(_get(span, "droppedEventsCount", "dropped_events_count", 0)),
-        _uint(_get(span, "droppedLinksCount", "dropped_links_count", 0)),
+        _uint32(_get(span, "droppedAttributesCount", "dropped_attributes_count", 0)),
+        _uint32(_get(span, "droppedEventsCount", "dropped_events_count", 0)),
+        _uint32(_get(span, "droppedLinksCount", "dropped_links_count", 0)),
     )
     attrs = _attrs(span.get("attributes"))
     events, event_attrs = [], []
     for e in _objects(span.get("events"), "events"):
         events.append((_uint(_get(e, "timeUnixNano", "time_unix_nano", 0)), _str(e.get("name", "")),
-                       _uint(_get(e, "droppedAttributesCount", "dropped_attributes_count", 0))))
+                       _uint32(_get(e, "droppedAttributesCount", "dropped_attributes_count", 0))))
         event_attrs.append(_attrs(e.get("attributes")))
     links, link_attrs = [], []
     for link in _objects(span.get("links"), "links"):
         links.append((_loose_hex(_get(link, "traceId", "trace_id", "")),
                       _loose_hex(_get(link, "spanId", "span_id", "")),
-                      _str(_get(link, "traceState", "trace_state", "")), _uint(link.get("flags", 0)),
-                      _uint(_get(link, "droppedAttributesCount", "dropped_attributes_count", 0))))
+                      _str(_get(link, "traceState", "trace_state", "")), _uint32(link.get("flags", 0)),
+                      _uint32(_get(link, "droppedAttributesCount", "dropped_attributes_count", 0))))
         link_attrs.append(_attrs(link.get("attributes")))
     _fill(builder.span_attrs, attrs)
     for a in event_attrs:
@@ -136,6 +137,8 @@ def _hex_id(value: object, size: int, what: str, allow_zero: bool = False) -> st
         raw = bytes.fromhex(value)
     except ValueError:
         raise _BadId(f"{what} must be {size * 2} hex characters") from None
+    if len(raw) != size:  # fromhex skips whitespace: "…c6  " would pass as a 15-byte id
+        raise _BadId(f"{what} must be {size * 2} hex characters")
     if not allow_zero and not any(raw):
         raise _BadId(f"{what} must not be all zeros")
     return raw.hex()
@@ -157,16 +160,21 @@ def _str(value: object) -> str:
     return value
 
 
-def _uint(value: object) -> int:
+def _uint(value: object, bits: int = 64) -> int:
     """A (u)int64 field: a JSON number or a decimal string."""
     if isinstance(value, bool):
         raise ValueError("expected an integer, got a boolean")
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     number = int(value)  # type: ignore[call-overload]  # str or int; anything else raises
-    if not 0 <= number <= _UINT64_MAX:
-        raise ValueError(f"{number} is out of range for an unsigned 64-bit field")
+    if not 0 <= number < 1 << bits:
+        raise ValueError(f"{number} is out of range for an unsigned {bits}-bit field")
     return number
+
+
+def _uint32(value: object) -> int:
+    """A uint32 field (flags, dropped counts): past 2**32 - 1 it is a 400, not an Arrow overflow (a 500)."""
+    return _uint(value, 32)
 
 
 def _enum(value: object, names: dict[str, str], ordered: tuple[str, ...]) -> str:
