@@ -1,17 +1,22 @@
--- traces: one row per trace.
+-- roots(src): the root span of each trace in the relation named `src` (rows shaped like the spans view).
 -- The root is the span with no parent, or whose parent is not stored (real clients send traces whose root
 -- arrives late or never, or whose parent lives in another service); with several, the parentless one, then the
--- earliest. workflow = the root's workflow.name, else its msgflux.workflow.name, else the root's name.
-CREATE OR REPLACE VIEW trace_roots AS
+-- earliest.
+CREATE OR REPLACE MACRO roots(src) AS TABLE
 SELECT s.*
-FROM spans AS s
-LEFT JOIN (SELECT trace_id, span_id FROM spans) AS parent
+FROM query_table(src) AS s
+LEFT JOIN (SELECT trace_id, span_id FROM query_table(src)) AS parent
        ON parent.trace_id = s.trace_id AND parent.span_id = s.parent_span_id
 WHERE parent.span_id IS NULL
 QUALIFY row_number() OVER (PARTITION BY s.trace_id
                            ORDER BY s.parent_span_id IS NULL DESC, s.start_time_unix_nano, s.span_id) = 1;
 
-CREATE OR REPLACE VIEW traces AS
+CREATE OR REPLACE VIEW trace_roots AS SELECT * FROM roots('spans');
+
+-- trace_rows(src): one row per trace of the relation named `src`, computed from its spans.
+-- workflow = the root's workflow.name, else its msgflux.workflow.name, else the root's name.
+-- Compaction stores these rows for each compacted part (trace_summaries), computed by this same macro.
+CREATE OR REPLACE MACRO trace_rows(src) AS TABLE
 WITH agg AS (
     SELECT
         trace_id,
@@ -28,7 +33,7 @@ WITH agg AS (
         coalesce(list_sort(list_distinct(list(model) FILTER (WHERE model IS NOT NULL))), []) AS models,
         list_sort(list_distinct(list(service_name) FILTER (WHERE service_name IS NOT NULL))) AS services,
         min(date) AS date
-    FROM spans
+    FROM query_table(src)
     GROUP BY trace_id
 )
 SELECT
@@ -56,4 +61,4 @@ SELECT
     agg.end_time_unix_nano,
     agg.date
 FROM agg
-LEFT JOIN trace_roots AS root USING (trace_id);
+LEFT JOIN roots(src) AS root USING (trace_id);

@@ -23,6 +23,8 @@ from msgtrace.config import IngestConfig
 from msgtrace.ingest.decode import WireFormat
 from msgtrace.ingest.pipeline import Ingestor
 from msgtrace.query.store import InvalidArgument, Store, TraceNotFound
+from msgtrace.storage.compactor import CompactionSettings, Compactor
+from msgtrace.storage.layout import StoreLayout, part_range
 from msgtrace.synthetic import build_workload
 from tests.conftest import CAPTURES, capture, parquet_glob
 
@@ -55,10 +57,29 @@ def _late_and_rootless(now: int) -> tuple[bytes, bytes, bytes]:
     return late.SerializeToString(), root_req.SerializeToString(), rootless.SerializeToString()
 
 
-@pytest.fixture(scope="module")
-def store_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _across_midnight(now: int) -> bytes:
+    """A trace whose root starts just before a UTC midnight and whose child starts just after: two day partitions,
+    so after compaction two compacted parts each hold part of it."""
+    midnight = (now // DAY_NS - 2) * DAY_NS
+    request = ExportTraceServiceRequest()
+    scope = request.resource_spans.add().scope_spans.add()
+    trace = bytes.fromhex("cc" * 16)
+    for i, (start, parent) in enumerate(((midnight - 500_000_000, b""), (midnight + 500_000_000, b"\xc1" * 8))):
+        span = scope.spans.add()
+        span.trace_id, span.span_id, span.parent_span_id = trace, bytes([0xC1 + i]) * 8, parent
+        span.name, span.start_time_unix_nano, span.end_time_unix_nano = f"midnight-{i}", start, start + 900_000_000
+        kv = span.attributes.add()
+        kv.key, kv.value.int_value = "gen_ai.usage.input_tokens", 100 + i
+    return request.SerializeToString()
+
+
+@pytest.fixture(scope="module", params=["flushed", "compacted"])
+def store_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The store as flushed (many small parts), or compacted half-way: the workload and part of the odd traces
+    compacted (trace rows stored per part), then late spans, duplicates of compacted spans and the rest flushed on
+    top, so the traces view mixes stored rows with traces it must recompute."""
     data_dir = tmp_path_factory.mktemp("query") / "data"
-    ingestor = Ingestor(IngestConfig(data_dir=data_dir, flush_interval=3600))
+    ingestor = Ingestor(IngestConfig(data_dir=data_dir, flush_interval=3600, compaction_interval=0))
     ingestor.start()
     now = time.time_ns()
     workload = build_workload(SPANS, 512, seed=11, base_time_ns=now, spread_ns=7 * DAY_NS)
@@ -66,10 +87,17 @@ def store_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ingestor.accept(WireFormat.PROTOBUF, body, now)
         if ingestor.buffer.total_bytes > 32 * 1024 * 1024:  # keep under the 503 budget (96 MiB)
             ingestor.flush()
-    for name in CAPTURES:
-        ingestor.accept(WireFormat.PROTOBUF, capture(name)[2], now)
     late, root, rootless = _late_and_rootless(now - DAY_NS)
     ingestor.accept(WireFormat.PROTOBUF, late, now)
+    ingestor.accept(WireFormat.PROTOBUF, _across_midnight(now), now)
+    ingestor.flush()
+    if request.param == "compacted":
+        ingestor.close()
+        Compactor(StoreLayout(data_dir), CompactionSettings(target_rows=20_000, grace_seconds=0)).run(force=True)
+        ingestor = Ingestor(IngestConfig(data_dir=data_dir, flush_interval=3600, compaction_interval=0))
+        ingestor.start()
+    for name in CAPTURES:
+        ingestor.accept(WireFormat.PROTOBUF, capture(name)[2], now)
     ingestor.accept(WireFormat.PROTOBUF, rootless, now)
     ingestor.flush()
     ingestor.accept(WireFormat.PROTOBUF, root, now)  # the root, one flush later
@@ -82,6 +110,23 @@ def store_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return data_dir
 
 
+def test_the_compacted_store_stores_trace_rows_and_recomputes_the_rest(request: pytest.FixtureRequest,
+                                                                        store_dir: Path) -> None:
+    layout = StoreLayout(store_dir)
+    if request.node.callspec.params["store_dir"] == "flushed":
+        assert all(part_range(p) is not None for p in layout.parts())  # many small flushed parts, nothing stored
+        assert not list(layout.summaries_dir.glob("*/*.parquet"))
+        return
+    rows = duckdb.connect().sql(f"SELECT trace_id, shared FROM read_parquet('{layout.summaries_dir}/*/*.parquet')"
+                                ).to_arrow_table().to_pylist()
+    assert len(rows) > 10_000
+    shared = {r["trace_id"] for r in rows if r["shared"]}
+    assert "cc" * 16 in shared  # the trace across midnight (the workload may hold more such traces)
+    per_trace = defaultdict(int)
+    for r in rows:
+        per_trace[r["trace_id"]] += 1
+    # A trace is flagged exactly when it has stored rows in two parts (and the later part flagged it).
+    assert shared == {t for t, n in per_trace.items() if n > 1}
 @pytest.fixture(scope="module")
 def raw(store_dir: Path) -> list[dict]:
     """Every stored row, duplicates included, straight from the Parquet files."""

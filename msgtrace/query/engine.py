@@ -18,6 +18,7 @@ install or load, and the configuration locked (:data:`SANDBOX_SETTINGS`).
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -48,26 +49,41 @@ def sql_dir() -> Path:
 
 
 def view_statements() -> list[str]:
-    """The view and macro definitions, in file order, without the shell-only ``spans_source``."""
-    return [p.read_text() for p in sorted(sql_dir().glob("*.sql")) if not p.name.startswith("00_")]
+    """The view and macro definitions, in file order, without the shell-only sources (``00_``, ``99_``)."""
+    return [p.read_text() for p in sorted(sql_dir().glob("*.sql")) if not p.name.startswith(("00_", "99_"))]
 
 
 def shell_init_sql(data_dir: Path) -> str:
-    """Everything a plain ``duckdb`` shell needs to see the store through the views."""
+    """Everything a plain ``duckdb`` shell needs to see the store through the views: ``00_source.sql``, the views,
+    then ``99_shell.sql``, less the parts that would read files that do not exist (a glob over none fails)."""
     root = data_dir.expanduser().resolve()
-    setup = f"SET VARIABLE msgtrace_data_dir = {quote_literal(str(root))};\n"
     layout = StoreLayout(root)
-    if not layout.retired_path.exists():  # a store nothing has compacted yet: no list to read
-        setup += "CREATE OR REPLACE VIEW retired_parts AS SELECT CAST(NULL AS VARCHAR) AS filename WHERE false;\n"
+    sql = f"SET VARIABLE msgtrace_data_dir = {quote_literal(str(root))};\n"
     source = (sql_dir() / "00_source.sql").read_text()
-    if not layout.retired_path.exists():
-        source = source[source.index("CREATE OR REPLACE VIEW spans_source"):]
-    sql = setup + source + "\n" + "\n".join(view_statements())
+    if not layout.retired_path.exists():  # a store nothing has compacted yet: no list to read
+        sql += "CREATE OR REPLACE VIEW retired_parts AS SELECT CAST(NULL AS VARCHAR) AS filename WHERE false;\n"
+        source = source[source.index("CREATE OR REPLACE VIEW part_rows"):]
+    sql += source + "\n" + "\n".join(view_statements()) + "\n"
+    shell = (sql_dir() / "99_shell.sql").read_text()
+    if not list(layout.summaries_dir.glob("*/*.parquet")):
+        shell = shell[shell.index("CREATE OR REPLACE VIEW fresh_source"):]
+    sql += shell
     tombstones = layout.delete_files()
-    if tombstones:  # the tombstones that exist now (a glob over none would fail)
-        files = ", ".join(quote_literal(str(p)) for p in tombstones)
-        sql += f"\nCREATE OR REPLACE VIEW deleted_traces AS SELECT trace_id FROM read_parquet([{files}]);\n"
+    if tombstones:  # the tombstones that exist now
+        sql += f"\nCREATE OR REPLACE VIEW deleted_traces AS SELECT trace_id FROM read_parquet([{_listing([str(p) for p in tombstones])}]);\n"
     return sql
+
+
+_TRACE_VIEWS = re.compile(r"\b(traces|stats|trace_rows|trace_summaries|redo_\w+)\b", re.IGNORECASE)
+
+
+def reads_traces(sql: str) -> bool:
+    """Whether ``sql`` may read the ``traces`` view (directly or through ``stats``); when unsure, True."""
+    return _TRACE_VIEWS.search(sql) is not None
+
+
+def _listing(files: list[str]) -> str:
+    return ", ".join(quote_literal(f) for f in files)
 
 
 def named_query(name: str) -> str:
@@ -159,55 +175,84 @@ class QueryEngine:
         self._db.close()
 
     @contextmanager
-    def cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A cursor whose ``spans_source`` is a snapshot of the store taken now, closed on exit."""
-        cur = self.snapshot()
+    def cursor(self, *, traces: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A cursor whose sources are a snapshot of the store taken now, closed on exit (``traces``: see
+        :meth:`snapshot`)."""
+        cur = self.snapshot(traces=traces)
         try:
             yield cur
         finally:
             cur.close()
 
-    def snapshot(self) -> duckdb.DuckDBPyConnection:
-        """A cursor bound to the store as it is now; the caller closes it."""
+    def snapshot(self, *, traces: bool = True) -> duckdb.DuckDBPyConnection:
+        """A cursor bound to the store as it is now; the caller closes it. ``traces=False`` skips finding the
+        compacted parts the ``traces`` view may need to recompute (a query that does not read it is faster)."""
         cur = self._db.cursor()
         try:
-            self._bind_source(cur)
+            self._bind_source(cur, traces=traces)
         except BaseException:
             cur.close()
             raise
         return cur
 
-    def _bind_source(self, cur: duckdb.DuckDBPyConnection) -> list[str]:
-        """Point ``spans_source`` of ``cur`` at the snapshot; returns the files it reads (the sandbox allows exactly
-        these, so a file bound here but not returned fails closed there: a permission error)."""
+    def _bind_source(self, cur: duckdb.DuckDBPyConnection, *, traces: bool = True) -> list[str]:
+        """Point the sources of ``cur`` (``spans_source``, ``fresh_source``, ``trace_summaries``, ``redo_source``,
+        ``deleted_traces``; see ``sql/25_traces.sql``) at the snapshot; returns the files they read (the sandbox
+        allows exactly these, so a file bound here but not returned fails closed there: a permission error)."""
         # The live buffer first, the files second: a flush publishes its parts before it lets go of the buffered
         # spans, so whatever left the buffer before it was read is in a part the glob then finds. (The other order
         # loses a flush that lands between the two reads.)
         live = self._live() if self._live is not None else None
-        parts = [str(p) for p in visible_parts(self.layout)]
-        selects = []
-        if parts:
-            files = ", ".join(quote_literal(p) for p in parts)
-            # No union_by_name: every part has schema version 1, and unifying schemas reads each file's schema
-            # on every query (+80 ms over 268 parts). A schema version 2 must bring it back for mixed stores.
-            selects.append(f"SELECT * FROM read_parquet([{files}], hive_partitioning = true)")
+        parts = visible_parts(self.layout)
+        summarized = {p: s for p in parts if (s := self.layout.summary_path(p)) is not None and s.exists()}
+        fresh = [str(p) for p in parts if p not in summarized]
         if live is not None and live.num_rows:
             cur.register("live_spans", live)
-            selects.append("SELECT * FROM live_spans")
-        if selects:
-            cur.execute("CREATE OR REPLACE TEMP VIEW spans_source AS " + " UNION ALL BY NAME ".join(selects))
+        has_live = live is not None and live.num_rows > 0
+
+        def union(files: list[str], *, with_live: bool) -> str | None:
+            selects = []
+            if files:
+                # No union_by_name: every part has schema version 1, and unifying schemas reads each file's schema
+                # on every query (+80 ms over 268 parts). A schema version 2 must bring it back for mixed stores.
+                selects.append(f"SELECT * FROM read_parquet([{_listing(files)}], hive_partitioning = true)")
+            if with_live and has_live:
+                selects.append("SELECT * FROM live_spans")
+            return " UNION ALL BY NAME ".join(selects) if selects else None
+
+        if (everything := union([str(p) for p in parts], with_live=True)) is not None:
+            cur.execute("CREATE OR REPLACE TEMP VIEW spans_source AS " + everything)
+        if (recent := union(fresh, with_live=True)) is not None:
+            cur.execute("CREATE OR REPLACE TEMP VIEW fresh_source AS " + recent)
+        summaries = [str(s) for s in summarized.values()]
+        if summaries:
+            cur.execute("CREATE OR REPLACE TEMP VIEW trace_summaries AS "
+                        f"SELECT * FROM read_parquet([{_listing(summaries)}])")
         tombstones = [str(p) for p in self.layout.delete_files()]
         if tombstones:
-            files = ", ".join(quote_literal(p) for p in tombstones)
-            cur.execute(f"CREATE OR REPLACE TEMP VIEW deleted_traces AS SELECT trace_id FROM read_parquet([{files}])")
-        return parts + tombstones
+            cur.execute(f"CREATE OR REPLACE TEMP VIEW deleted_traces AS SELECT trace_id FROM read_parquet("
+                        f"[{_listing(tombstones)}])")
+        redo = fresh
+        if traces and summaries:
+            # The compacted parts holding spans of traces the traces view recomputes (usually none or a few).
+            names = [r[0] for r in cur.execute(
+                "SELECT DISTINCT part FROM trace_summaries WHERE trace_id IN (SELECT trace_id FROM redo_ids)"
+            ).fetchall()]
+            redo = fresh + [str(self.layout.root / name) for name in names]
+        if not traces and summaries:
+            redo = []  # the query does not read traces: nothing to recompute
+        if (source := union(redo, with_live=True)) is not None:
+            cur.execute("CREATE OR REPLACE TEMP VIEW redo_source AS " + source)
+        else:
+            cur.execute("CREATE OR REPLACE TEMP VIEW redo_source AS SELECT * FROM spans_source WHERE false")
+        return [str(p) for p in parts] + summaries + tombstones
 
     def run(self, sql: str, params: dict[str, Any] | list[Any] | None = None, *, max_rows: int | None = None,
             timeout: float | None = None) -> QueryResult:
         """Run one statement; at most ``max_rows`` rows come back (``truncated`` says if there were more)."""
         cap = self.max_rows if max_rows is None else max_rows
         started = time.perf_counter()
-        with self.cursor() as cur:
+        with self.cursor(traces=reads_traces(sql)) as cur:
             return self._execute(cur, sql, params, cap, timeout, started)
 
     def run_sandboxed(self, sql: str, params: dict[str, Any] | list[Any] | None = None, *,
@@ -217,25 +262,26 @@ class QueryEngine:
         check_select(sql)
         cap = self.max_rows if max_rows is None else max(0, min(max_rows, self.max_rows))
         started = time.perf_counter()
-        db = self.sandbox()
+        db = self.sandbox(traces=reads_traces(sql))
         try:
             return self._execute(db, sql, params, cap, timeout, started)
         finally:
             db.close()
 
-    def sandbox(self) -> duckdb.DuckDBPyConnection:
+    def sandbox(self, *, traces: bool = True) -> duckdb.DuckDBPyConnection:
         """A new in-memory database with the views over a snapshot taken now, locked down; the caller closes it.
 
-        It holds no table (``spans_source`` is a temp view over the snapshot's files, the live Arrow table or an
-        empty Arrow table), so even a data-modifying CTE that DuckDB parses as a SELECT has nothing to change."""
+        It holds no data (``spans_source`` is a temp view over the snapshot's files, the live Arrow table or an
+        empty Arrow table; the only table is the empty shape of ``trace_summaries``), so even a data-modifying CTE
+        that DuckDB parses as a SELECT has nothing of the store to change."""
         db = duckdb.connect(config=self._config)
         try:
             db.execute("SET GLOBAL parquet_metadata_cache = true")
             db.register("empty_source", self._empty)
             db.execute("CREATE TEMP VIEW spans_source AS SELECT * FROM empty_source")
-            files = self._bind_source(db)
             for statement in view_statements():
                 db.execute(statement)
+            files = self._bind_source(db, traces=traces)
             db.execute(f"SET allowed_paths = [{', '.join(quote_literal(p) for p in files)}]")
             db.execute("SET temp_directory = ''")
             for setting in SANDBOX_SETTINGS:

@@ -8,8 +8,8 @@ for opening each. The compactor, run in the background by the server (and by ``m
   no new part for ``settle_seconds``: all its parts merge into the final layout. *Deletes*: a day holding spans of a
   deleted trace (a tombstone, :mod:`msgtrace.storage.deletes`) is merged at once, which drops them physically.
   Bound on files per day under continuous ingest: at most ``fanout − 1`` parts per size class below
-  ``target_rows / 2`` (3 classes with the defaults: ≤ 21 files) plus one file per ``target_rows / 2`` spans; a
-  settled day has ``ceil(spans / target_rows)`` files.
+  ``target_rows / 2`` (``ceil(log_fanout(target_rows / 2 / base_rows))`` classes: 2 with the defaults, so ≤ 14
+  files) plus one file per ``target_rows / 2`` spans; a settled day has ``ceil(spans / target_rows)`` files.
 - **Layout.** Outputs hold disjoint trace-id ranges (the merged rows are split at evenly spaced ids into files of at
   most ``target_rows``, which also bounds memory: ~2.2 KB of Arrow per span), sorted by ``(trace_id, start, span_id)``
   in row groups of ``row_group_rows`` with min/max statistics and a Bloom filter on ``trace_id``. A lookup skips
@@ -267,9 +267,10 @@ class Compactor:
             return report
 
     def _run_plans(self, plans: list[DayPlan], report: CompactionReport, progress: Progress | None) -> None:
-        """Merge every plan's trace-id buckets on ``workers`` threads (Arrow and Parquet release the GIL); a day's
-        inputs are retired once all of its outputs are published."""
+        """Merge every plan's trace-id buckets on ``workers`` threads (Arrow and Parquet release the GIL), store the
+        outputs' trace rows, then swap all outputs in and all inputs out at once (:mod:`msgtrace.storage.retired`)."""
         s = self.settings
+        retired.drop_pending(self.layout)  # outputs of a compaction that failed before its swap
         deleted = self.deleted_ids()
         stamp = time.time_ns()
         tasks = []
@@ -277,55 +278,77 @@ class Compactor:
             buckets = max(1, math.ceil(plan.rows / s.target_rows))
             bounds = [None] + [f"{i * _ID_SPACE // buckets:032x}" for i in range(1, buckets)] + [None]
             for i in range(buckets):
-                tasks.append((plan, i, bounds[i], bounds[i + 1]))
-        pending = {id(plan): sum(1 for t in tasks if t[0] is plan) for plan in plans}
-        outputs: dict[int, list[Path]] = {id(plan): [] for plan in plans}
+                tasks.append((plan, self.layout.compacted_path(plan.day, stamp, i), bounds[i], bounds[i + 1]))
+        retired.add_pending(self.layout, [t[1] for t in tasks])
+        outputs: list[Path] = []
         guard = threading.Lock()
 
-        def merge(task: tuple[DayPlan, int, str | None, str | None]) -> None:
-            plan, i, low, high = task
-            lower_priority()
+        def merge(task: tuple[DayPlan, Path, str | None, str | None]) -> None:
+            plan, path, low, high = task
             paths = [str(p.path) for p in plan.inputs]
             table, order, read_rows, n_deleted, n_dupes = _merge(_read(paths, low, high), deleted)
-            path = None
             if len(order):
-                path = self.layout.compacted_path(plan.day, stamp, i)
                 publish(path, lambda tmp, t=table, o=order: _write(t, o, tmp, s))
             with guard:
                 report.dropped_deleted += n_deleted
                 report.dropped_duplicates += n_dupes
                 report.output_rows += len(order)
-                if path is not None:
+                if len(order):
                     self._rows[path] = len(order)
-                    outputs[id(plan)].append(path)
-                pending[id(plan)] -= 1
-                done = pending[id(plan)] == 0
+                    outputs.append(path)
             del table, order
             if progress is not None:
                 progress(read_rows)
-            if done:
-                self._retire(plan, outputs[id(plan)], report)
 
         workers = max(1, min(s.workers, len(tasks)))
         if workers == 1:
             for task in tasks:
                 merge(task)
-            return
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="msgtrace-compact") as pool:
-            for future in [pool.submit(merge, task) for task in tasks]:
-                future.result()
-
-    def _retire(self, plan: DayPlan, outputs: list[Path], report: CompactionReport) -> None:
-        # The outputs are durable and visible; only now may the inputs disappear from new queries.
-        with self._retire_lock:
-            retired.retire(self.layout, [p.path for p in plan.inputs])
+        else:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="msgtrace-compact") as pool:
+                for future in [pool.submit(merge, task) for task in tasks]:
+                    future.result()
+        inputs = [p.path for plan in plans for p in plan.inputs]
+        outputs.sort()
+        self._summarize(outputs, inputs)
+        # The outputs and their trace rows are durable; one atomic write now shows them and hides the inputs.
+        retired.swap(self.layout, outputs, inputs)
+        for plan in plans:
             for part in plan.inputs:
                 self._rows.pop(part.path, None)
                 self._clean.pop(part.path, None)
-            report.days += 1
-            report.input_files += len(plan.inputs)
-            report.input_rows += plan.rows
-            report.output_files += len(outputs)
+        report.days += len(plans)
+        report.input_files += len(inputs)
+        report.input_rows += sum(plan.rows for plan in plans)
+        report.output_files += len(outputs)
+
+    def _summarize(self, outputs: list[Path], inputs: list[Path]) -> None:
+        """Store the trace rows of each output (``traces/date=…/<output name>``), flagging the traces that also have
+        spans in another compacted part that stays visible (``shared``: the traces view recomputes those)."""
+        from msgtrace.query.summaries import (
+            trace_rows,  # the query layer owns the SQL that defines a trace row
+        )
+
+        if not outputs:
+            return
+        tables = trace_rows(self.layout, outputs)
+        gone = set(inputs)
+        others = [summary for p in retired.visible_parts(self.layout)
+                  if p not in gone and (summary := self.layout.summary_path(p)) is not None and summary.exists()]
+        ids = [t["trace_id"] for t in tables] + [pq.read_table(o, columns=["trace_id"])["trace_id"] for o in others]
+        # Each part holds a trace at most once, so an id seen twice has spans in two parts.
+        counts = pc.value_counts(pa.chunked_array([c for i in ids for c in pa.chunked_array(i).chunks],
+                                                  pa.string()))
+        shared = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+        for path, table in zip(outputs, tables, strict=True):
+            table = table.append_column("shared", pc.is_in(table["trace_id"], value_set=shared))
+            table = table.append_column("part", pa.array([retired.relative(self.layout, path)] * table.num_rows,
+                                                         pa.string()))
+            table = table.sort_by([("start_time_unix_nano", "ascending"), ("trace_id", "ascending")])
+            target = self.layout.summary_path(path)
+            assert target is not None
+            publish(target, lambda tmp, t=table: pq.write_table(t, tmp, row_group_size=16_384, compression="zstd",
+                                                                compression_level=3, write_statistics=True))
 
 
 def _read(paths: list[str], low: str | None, high: str | None) -> pa.Table:

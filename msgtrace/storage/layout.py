@@ -9,6 +9,8 @@
       wal/checkpoint                         every WAL record up to this sequence number is in spans/
       spans/date=YYYY-MM-DD/c-<time>-<n>.parquet
                                              compacted parts (msgtrace.storage.compactor)
+      traces/date=YYYY-MM-DD/c-<time>-<n>.parquet
+                                             the trace rows of each compacted part (sql/25_traces.sql)
       retired.json                           parts replaced by compaction or dropped by retention, hidden from
                                              readers until deleted after a grace period (msgtrace.storage.retired)
       deletes/<time>-<pid>-<id>.parquet      tombstones: trace ids hidden from every view (msgtrace.storage.deletes)
@@ -81,6 +83,16 @@ class StoreLayout:
     def parts(self) -> list[Path]:
         """Every part on disk, retired or not (readers want :func:`msgtrace.storage.retired.visible_parts`)."""
         return sorted(self.spans_dir.glob(f"date=*/*{PART_SUFFIX}"))
+
+    @property
+    def summaries_dir(self) -> Path:
+        return self.root / "traces"
+
+    def summary_path(self, part: Path) -> Path | None:
+        """Where the trace rows of a compacted part are stored (``traces/date=…/<part name>``); None for others."""
+        if not part.name.startswith(COMPACTED_PREFIX):
+            return None
+        return self.summaries_dir / part.parent.name / part.name
 
     def compacted_path(self, day: int, stamp_ns: int, n: int) -> Path:
         return self.day_dir(day) / f"{COMPACTED_PREFIX}{stamp_ns:020d}-{n:04d}{PART_SUFFIX}"

@@ -60,7 +60,7 @@ class Maintenance:
         self.last_pass_unix = time.time()
 
     def _loop(self) -> None:
-        lower_priority()
+        lower_priority()  # threads this one starts (the compaction workers) inherit it
         while not self._stop.wait(self.config.compaction_interval):
             try:
                 self.run_once()
