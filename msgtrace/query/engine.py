@@ -77,9 +77,12 @@ def shell_init_sql(data_dir: Path) -> str:
 _TRACE_VIEWS = re.compile(r"\b(traces|stats|trace_rows|trace_summaries|redo_\w+)\b", re.IGNORECASE)
 
 
+_COMMENT = re.compile(r"--[^\n]*")
+
+
 def reads_traces(sql: str) -> bool:
     """Whether ``sql`` may read the ``traces`` view (directly or through ``stats``); when unsure, True."""
-    return _TRACE_VIEWS.search(sql) is not None
+    return _TRACE_VIEWS.search(_COMMENT.sub("", sql)) is not None
 
 
 def _listing(files: list[str]) -> str:
@@ -151,12 +154,14 @@ def check_select(sql: str) -> None:
 
 class QueryEngine:
     def __init__(self, data_dir: Path | str, *, live: LiveSource | None = None, timeout: float = 10.0,
-                 max_rows: int = 10_000, threads: int | None = None) -> None:
+                 max_rows: int = 10_000, threads: int | None = None, memory_limit: str | None = None) -> None:
         self.layout = StoreLayout(Path(data_dir).expanduser())
         self.timeout = timeout
         self.max_rows = max_rows
         self._live = live
-        self._config = {"threads": threads} if threads else {}
+        self._config: dict[str, Any] = {"threads": threads} if threads else {}
+        if memory_limit:
+            self._config["memory_limit"] = memory_limit
         self._db = duckdb.connect(config=self._config)
         # Parse each part's footer once, not per query (lookups over 268 parts: 110 -> 77 ms, benchmarks/README).
         # DuckDB checks the file's modification time, so a part rewritten by a replay is read afresh.
@@ -175,27 +180,30 @@ class QueryEngine:
         self._db.close()
 
     @contextmanager
-    def cursor(self, *, traces: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A cursor whose sources are a snapshot of the store taken now, closed on exit (``traces``: see
-        :meth:`snapshot`)."""
-        cur = self.snapshot(traces=traces)
+    def cursor(self, *, traces: bool = True, trace_id: str | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A cursor whose sources are a snapshot of the store taken now, closed on exit (``traces`` and
+        ``trace_id``: see :meth:`snapshot`)."""
+        cur = self.snapshot(traces=traces, trace_id=trace_id)
         try:
             yield cur
         finally:
             cur.close()
 
-    def snapshot(self, *, traces: bool = True) -> duckdb.DuckDBPyConnection:
+    def snapshot(self, *, traces: bool = True, trace_id: str | None = None) -> duckdb.DuckDBPyConnection:
         """A cursor bound to the store as it is now; the caller closes it. ``traces=False`` skips finding the
-        compacted parts the ``traces`` view may need to recompute (a query that does not read it is faster)."""
+        compacted parts the ``traces`` view may need to recompute (a query that does not read it is faster).
+        ``trace_id`` (validated lower-case hex) binds only the parts holding that trace: for queries about that one
+        trace, which then open one or two files instead of every part of every day."""
         cur = self._db.cursor()
         try:
-            self._bind_source(cur, traces=traces)
+            self._bind_source(cur, traces=traces, trace_id=trace_id)
         except BaseException:
             cur.close()
             raise
         return cur
 
-    def _bind_source(self, cur: duckdb.DuckDBPyConnection, *, traces: bool = True) -> list[str]:
+    def _bind_source(self, cur: duckdb.DuckDBPyConnection, *, traces: bool = True,
+                     trace_id: str | None = None) -> list[str]:
         """Point the sources of ``cur`` (``spans_source``, ``fresh_source``, ``trace_summaries``, ``redo_source``,
         ``deleted_traces``; see ``sql/25_traces.sql``) at the snapshot; returns the files they read (the sandbox
         allows exactly these, so a file bound here but not returned fails closed there: a permission error)."""
@@ -204,6 +212,8 @@ class QueryEngine:
         # loses a flush that lands between the two reads.)
         live = self._live() if self._live is not None else None
         parts = visible_parts(self.layout)
+        if trace_id is not None and parts:
+            parts = self._parts_holding(parts, trace_id)
         summarized = {p: s for p in parts if (s := self.layout.summary_path(p)) is not None and s.exists()}
         fresh = [str(p) for p in parts if p not in summarized]
         if live is not None and live.num_rows:
@@ -233,26 +243,37 @@ class QueryEngine:
             cur.execute(f"CREATE OR REPLACE TEMP VIEW deleted_traces AS SELECT trace_id FROM read_parquet("
                         f"[{_listing(tombstones)}])")
         redo = fresh
-        if traces and summaries:
-            # The compacted parts holding spans of traces the traces view recomputes (usually none or a few).
+        if traces and summaries and (fresh or has_live):
+            # The compacted parts holding spans of traces that also have fresh spans (usually few).
             names = [r[0] for r in cur.execute(
-                "SELECT DISTINCT part FROM trace_summaries WHERE trace_id IN (SELECT trace_id FROM redo_ids)"
+                "SELECT DISTINCT part FROM trace_summaries WHERE trace_id IN (SELECT trace_id FROM fresh_source)"
             ).fetchall()]
             redo = fresh + [str(self.layout.root / name) for name in names]
-        if not traces and summaries:
-            redo = []  # the query does not read traces: nothing to recompute
         if (source := union(redo, with_live=True)) is not None:
             cur.execute("CREATE OR REPLACE TEMP VIEW redo_source AS " + source)
         else:
             cur.execute("CREATE OR REPLACE TEMP VIEW redo_source AS SELECT * FROM spans_source WHERE false")
         return [str(p) for p in parts] + summaries + tombstones
 
+    def _parts_holding(self, parts: list[Path], trace_id: str) -> list[Path]:
+        """The parts holding spans of ``trace_id``: only their ``trace_id`` column is read, and DuckDB skips every
+        row group (and so every file but one per day) by its min/max statistics and Bloom filter."""
+        cur = self._db.cursor()
+        try:
+            hits = {r[0] for r in cur.execute(
+                f"SELECT DISTINCT filename FROM read_parquet([{_listing([str(p) for p in parts])}], filename = true)"
+                " WHERE trace_id = $trace_id", {"trace_id": trace_id}).fetchall()}
+        finally:
+            cur.close()
+        return [p for p in parts if str(p) in hits]
+
     def run(self, sql: str, params: dict[str, Any] | list[Any] | None = None, *, max_rows: int | None = None,
-            timeout: float | None = None) -> QueryResult:
-        """Run one statement; at most ``max_rows`` rows come back (``truncated`` says if there were more)."""
+            timeout: float | None = None, trace_id: str | None = None) -> QueryResult:
+        """Run one statement; at most ``max_rows`` rows come back (``truncated`` says if there were more).
+        With ``trace_id``, the statement sees only the parts holding that trace (see :meth:`snapshot`)."""
         cap = self.max_rows if max_rows is None else max_rows
         started = time.perf_counter()
-        with self.cursor(traces=reads_traces(sql)) as cur:
+        with self.cursor(traces=reads_traces(sql), trace_id=trace_id) as cur:
             return self._execute(cur, sql, params, cap, timeout, started)
 
     def run_sandboxed(self, sql: str, params: dict[str, Any] | list[Any] | None = None, *,

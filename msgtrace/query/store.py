@@ -117,7 +117,8 @@ class Store:
         return _polars(self.trace_result(trace_id))
 
     def trace_result(self, trace_id: str) -> QueryResult:
-        result = self.engine.run(named_query("trace_spans"), {"trace_id": check_trace_id(trace_id)})
+        tid = check_trace_id(trace_id)
+        result = self.engine.run(named_query("trace_spans"), {"trace_id": tid}, trace_id=tid)
         if not result.table.num_rows:
             raise TraceNotFound(f"no trace with id {trace_id.lower()}")
         return result
@@ -127,15 +128,16 @@ class Store:
         return _polars(self.tree_result(trace_id))
 
     def tree_result(self, trace_id: str) -> QueryResult:
-        result = self.engine.run("SELECT * FROM span_tree($trace_id)", {"trace_id": check_trace_id(trace_id)})
+        tid = check_trace_id(trace_id)
+        result = self.engine.run("SELECT * FROM span_tree($trace_id)", {"trace_id": tid}, trace_id=tid)
         if not result.table.num_rows:
             raise TraceNotFound(f"no trace with id {trace_id.lower()}")
         return result
 
     def trace_summary(self, trace_id: str) -> dict[str, Any]:
         """The ``traces`` row of one trace."""
-        result = self.engine.run("SELECT * FROM traces WHERE trace_id = $trace_id",
-                                 {"trace_id": check_trace_id(trace_id)})
+        tid = check_trace_id(trace_id)
+        result = self.engine.run("SELECT * FROM traces WHERE trace_id = $trace_id", {"trace_id": tid}, trace_id=tid)
         if not result.table.num_rows:
             raise TraceNotFound(f"no trace with id {trace_id.lower()}")
         return result.rows()[0]

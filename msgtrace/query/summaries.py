@@ -1,7 +1,7 @@
-"""The stored trace rows of compacted parts: ``trace_rows`` (``sql/20_traces.sql``) over one part at a time.
+"""The stored trace rows of compacted parts: ``trace_rows`` (``sql/20_traces.sql``) over given parts.
 
 Compaction calls this for each part it writes, so a stored row is exactly the row the ``traces`` view would compute
-from that part's spans: one SQL definition serves both.
+from those spans: one SQL definition serves both.
 """
 
 from __future__ import annotations
@@ -14,15 +14,22 @@ from msgtrace.query.engine import QueryEngine, quote_literal
 from msgtrace.storage.layout import StoreLayout
 
 
-def trace_rows(layout: StoreLayout, parts: list[Path]) -> list[pa.Table]:
-    """One table of trace rows per part, in order (the part's rows are already deduplicated and undeleted)."""
-    engine = QueryEngine(layout.root)
+def trace_rows(layout: StoreLayout, groups: list[list[Path]], only: list[str] | None = None) -> list[pa.Table]:
+    """One table of trace rows per group of parts, in order: every trace of the group's spans (duplicates
+    collapsed, deleted traces left out), or only the traces ``only`` names."""
+    # Bounded, so that compaction's peak memory stays the merge's own (DuckDB spills past it: nothing fails).
+    engine = QueryEngine(layout.root, memory_limit="256MB")
     try:
         out = []
-        for part in parts:
+        for parts in groups:
             with engine.cursor(traces=False) as cur:
-                cur.execute("CREATE OR REPLACE TEMP VIEW part_source AS SELECT * FROM read_parquet("
-                            f"[{quote_literal(str(part))}], hive_partitioning = true)")
+                files = ", ".join(quote_literal(str(p)) for p in parts)
+                where = ""
+                if only is not None:
+                    cur.register("only_ids", pa.table({"trace_id": pa.array(only, pa.string())}))
+                    where = " WHERE trace_id IN (SELECT trace_id FROM only_ids)"
+                cur.execute(f"CREATE OR REPLACE TEMP VIEW part_source AS SELECT * FROM read_parquet([{files}], "
+                            f"hive_partitioning = true){where}")
                 cur.execute("CREATE OR REPLACE TEMP VIEW part_spans AS SELECT * FROM deduped('part_source')")
                 out.append(cur.sql("SELECT * FROM trace_rows('part_spans')").to_arrow_table())
         return out

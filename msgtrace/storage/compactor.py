@@ -323,28 +323,50 @@ class Compactor:
         report.output_files += len(outputs)
 
     def _summarize(self, outputs: list[Path], inputs: list[Path]) -> None:
-        """Store the trace rows of each output (``traces/date=…/<output name>``), flagging the traces that also have
-        spans in another compacted part that stays visible (``shared``: the traces view recomputes those)."""
+        """Store the trace rows of each output (``traces/date=…/<output name>``).
+
+        A trace that also has spans in another compacted part staying visible (or in another output) is *shared*:
+        its row is computed from the spans of every such part and stored flagged, with the compaction's time, in
+        this output's rows; the traces view takes the newest flagged row of a shared trace (sql/25_traces.sql).
+        """
         from msgtrace.query.summaries import (
             trace_rows,  # the query layer owns the SQL that defines a trace row
         )
 
         if not outputs:
             return
-        tables = trace_rows(self.layout, outputs)
+        stamp = time.time_ns()
+        tables = trace_rows(self.layout, [[p] for p in outputs])
         gone = set(inputs)
-        others = [summary for p in retired.visible_parts(self.layout)
-                  if p not in gone and (summary := self.layout.summary_path(p)) is not None and summary.exists()]
-        ids = [t["trace_id"] for t in tables] + [pq.read_table(o, columns=["trace_id"])["trace_id"] for o in others]
+        others = [p for p in retired.visible_parts(self.layout) if p not in gone
+                  and (summary := self.layout.summary_path(p)) is not None and summary.exists()]
+        holders = outputs + others
+        ids = [t["trace_id"] for t in tables] + [
+            pq.read_table(self.layout.summary_path(o), columns=["trace_id"])["trace_id"] for o in others]
         # Each part holds a trace at most once, so an id seen twice has spans in two parts.
-        counts = pc.value_counts(pa.chunked_array([c for i in ids for c in pa.chunked_array(i).chunks],
-                                                  pa.string()))
+        flat = pa.chunked_array([c for i in ids for c in pa.chunked_array(i).chunks], pa.string())
+        counts = pc.value_counts(flat)
         shared = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+        mine_ids = pa.chunked_array([c for t in tables for c in t["trace_id"].chunks], pa.string())
+        shared = shared.filter(pc.is_in(shared, value_set=mine_ids))  # those older parts share were done before
+        complete = None
+        if len(shared):
+            parts_of = [holders[i] for i, col in enumerate(ids) if pc.any(pc.is_in(col, value_set=shared)).as_py()]
+            complete = trace_rows(self.layout, [parts_of], only=shared.to_pylist())[0]
         for path, table in zip(outputs, tables, strict=True):
-            table = table.append_column("shared", pc.is_in(table["trace_id"], value_set=shared))
+            flags = pc.is_in(table["trace_id"], value_set=shared)
+            if complete is not None and pc.any(flags).as_py():
+                mine = complete.filter(pc.is_in(complete["trace_id"], value_set=table["trace_id"]))
+                table = pa.concat_tables([table.filter(pc.invert(flags)), mine.select(table.column_names)])
+                flags = pc.is_in(table["trace_id"], value_set=shared)
+            table = table.append_column("shared", flags)
+            table = table.append_column("computed_at", pa.array([stamp] * table.num_rows, pa.int64()))
             table = table.append_column("part", pa.array([retired.relative(self.layout, path)] * table.num_rows,
                                                          pa.string()))
-            table = table.sort_by([("start_time_unix_nano", "ascending"), ("trace_id", "ascending")])
+            # Shared rows first (row-group statistics on `shared` then skip the rest when they are looked up),
+            # then by start time (a time filter skips row groups).
+            table = table.sort_by([("shared", "descending"), ("start_time_unix_nano", "ascending"),
+                                   ("trace_id", "ascending")])
             target = self.layout.summary_path(path)
             assert target is not None
             publish(target, lambda tmp, t=table: pq.write_table(t, tmp, row_group_size=16_384, compression="zstd",
