@@ -81,6 +81,7 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, help="build here if empty, else reuse")
     parser.add_argument("--lookups", type=int, default=100)
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
+    parser.add_argument("--workers", type=int, default=1, help="msgtrace compact --workers")
     parser.add_argument("--skip-before", action="store_true", help="with --compact: measure after compaction only")
     parser.add_argument("--compact", action="store_true",
                         help="measure, run `msgtrace compact` (rate, peak RSS), measure again")
@@ -106,7 +107,7 @@ def main() -> None:
     if not args.skip_before:
         results["before"] = measure(args.data_dir, pick, full=not args.compact or total < 5_000_000)
     if args.compact:
-        results["compaction"] = compact(args.data_dir)
+        results["compaction"] = compact(args.data_dir, args.workers)
         results["after"] = measure(args.data_dir, pick)
 
     for phase in ("before", "compaction", "after"):
@@ -156,12 +157,12 @@ def measure(data_dir: Path, pick: list[str], *, full: bool = True) -> dict[str, 
     return figures
 
 
-def compact(data_dir: Path) -> dict[str, float]:
+def compact(data_dir: Path, workers: int = 1) -> dict[str, float]:
     """``msgtrace compact`` in its own process; its peak RSS sampled every 20 ms."""
     import psutil
 
-    proc = subprocess.Popen([sys.executable, "-m", "msgtrace", "compact", "--json", "--grace", "0",
-                             "--data-dir", str(data_dir)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "msgtrace", "compact", "--json", "--grace", "0", "--workers",
+                             str(workers), "--data-dir", str(data_dir)], stdout=subprocess.PIPE, text=True)
     ps = psutil.Process(proc.pid)
     peak = 0
     while proc.poll() is None:

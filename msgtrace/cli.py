@@ -323,7 +323,7 @@ def clear(
 
 # --- upkeep: the writer's work, so it needs the data directory's lock (no server running on it) ---------------------
 @contextmanager
-def _writer(data_dir: Path | None, grace: float | None) -> Iterator[tuple[Path, object]]:
+def _writer(data_dir: Path | None, grace: float | None, workers: int = 1) -> Iterator[tuple[Path, object]]:
     """Take the store's lock and give a Compactor over it; a running server on it is a one-line error."""
     from msgtrace.storage.compactor import Compactor
     from msgtrace.storage.layout import StoreLayout
@@ -343,7 +343,9 @@ def _writer(data_dir: Path | None, grace: float | None) -> Iterator[tuple[Path, 
     except DataDirLocked as exc:
         fail(f"{exc} (a running server compacts and applies --retention-days itself)", code=1)
     try:
-        yield path, Compactor(layout, config.compaction_settings())
+        import dataclasses
+
+        yield path, Compactor(layout, dataclasses.replace(config.compaction_settings(), workers=workers))
     finally:
         lock.release()
 
@@ -355,12 +357,18 @@ GraceOption = Annotated[float | None, typer.Option(
 
 
 @app.command()
-def compact(data_dir: DataDirOption = None, grace: GraceOption = None, json_out: JsonOption = False) -> None:
+def compact(
+    data_dir: DataDirOption = None,
+    grace: GraceOption = None,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="Merge threads: 2 is ~25 % faster on 2 cores but "
+                                         "needs ~1.2 GB at peak instead of ~0.7 GB")] = 1,
+    json_out: JsonOption = False,
+) -> None:
     """Merge each day's small Parquet files into few large ones sorted for trace lookup, dropping deleted traces
     and duplicate spans. The server does this in the background; run it when no server owns the store."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    with _writer(data_dir, grace) as (path, compactor):
+    with _writer(data_dir, grace, workers) as (path, compactor):
         plans = compactor.plan(force=True)  # type: ignore[attr-defined]
         total = sum(p.rows for p in plans)
         with Progress(TextColumn("compacting"), BarColumn(), MofNCompleteColumn(), TextColumn("spans"),

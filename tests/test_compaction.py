@@ -101,7 +101,7 @@ def test_compaction_merges_each_day_drops_duplicates_and_deleted_traces_and_chan
         data_dir, f"SELECT count(DISTINCT span_id), count(*) FROM files WHERE trace_id = '{victim}'")
     expected = answers(store)
 
-    settings = CompactionSettings(target_rows=4_000, grace_seconds=3600)
+    settings = CompactionSettings(target_rows=4_000, grace_seconds=3600, workers=2)
     report = Compactor(layout, settings).run(force=True)
     assert report.input_files == len(before_files) and report.days == 3
     # Deleted rows are dropped first (their duplicates included), then the duplicates of the rest.

@@ -53,6 +53,9 @@ from msgtrace.storage.layout import (
 )
 
 _ID_SPACE = 16**32
+DICTIONARY_COLUMNS = ["name", "kind", "status_code", "status_message", "service_name", "scope_name", "scope_version",
+                      "operation", "provider", "model", "user_id", "session_id", "agent_name", "tool_name",
+                      "workflow_name", "trace_state", "resource_schema_url", "scope_schema_url"]
 Progress = Callable[[int], None]  # called with the number of input spans just merged
 
 
@@ -65,7 +68,7 @@ class CompactionSettings:
     grace_seconds: float = 600.0
     row_group_rows: int = 8_192
     compression_level: int = 3
-    workers: int = 2
+    workers: int = 1  # 2 measured ~25 % faster on 2 cores, at ~1.2 GB peak instead of ~0.7 GB
 
 
 @dataclass(frozen=True)
@@ -454,7 +457,9 @@ def _write(table: pa.Table, order: pa.Array, path: Path, s: CompactionSettings) 
         compression="zstd",
         compression_level=s.compression_level,
         write_statistics=True,
-        use_dictionary=True,
+        # Dictionary-encode the repetitive columns only: for ids, times and attribute maps the writer would build a
+        # dictionary per row group and throw it away (measured ~10 % of the write time).
+        use_dictionary=DICTIONARY_COLUMNS,
         bloom_filter_options={"trace_id": {"ndv": s.row_group_rows // 2, "fpp": 0.01}},
     ) as writer:
         for start in range(0, len(order), s.row_group_rows):
