@@ -6,6 +6,7 @@ from those spans: one SQL definition serves both.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -14,13 +15,13 @@ from msgtrace.query.engine import QueryEngine, quote_literal
 from msgtrace.storage.layout import StoreLayout
 
 
-def trace_rows(layout: StoreLayout, groups: list[list[Path]], only: list[str] | None = None) -> list[pa.Table]:
-    """One table of trace rows per group of parts, in order: every trace of the group's spans (duplicates
-    collapsed, deleted traces left out), or only the traces ``only`` names."""
+def trace_rows(layout: StoreLayout, groups: list[list[Path]], only: list[str] | None = None) -> Iterator[pa.Table]:
+    """One table of trace rows per group of parts, in order, each computed when asked for (so only one is in
+    memory at a time): every trace of the group's spans (duplicates collapsed, deleted traces left out), or only
+    the traces ``only`` names."""
     # Bounded, so that compaction's peak memory stays the merge's own (DuckDB spills past it: nothing fails).
     engine = QueryEngine(layout.root, memory_limit="256MB")
     try:
-        out = []
         for parts in groups:
             with engine.cursor(traces=False) as cur:
                 files = ", ".join(quote_literal(str(p)) for p in parts)
@@ -31,7 +32,6 @@ def trace_rows(layout: StoreLayout, groups: list[list[Path]], only: list[str] | 
                 cur.execute(f"CREATE OR REPLACE TEMP VIEW part_source AS SELECT * FROM read_parquet([{files}], "
                             f"hive_partitioning = true){where}")
                 cur.execute("CREATE OR REPLACE TEMP VIEW part_spans AS SELECT * FROM deduped('part_source')")
-                out.append(cur.sql("SELECT * FROM trace_rows('part_spans')").to_arrow_table())
-        return out
+                yield cur.sql("SELECT * FROM trace_rows('part_spans')").to_arrow_table()
     finally:
         engine.close()

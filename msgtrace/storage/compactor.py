@@ -332,30 +332,30 @@ class Compactor:
         its row is computed from the spans of every such part and stored flagged, with the compaction's time, in
         this output's rows; the traces view takes the newest flagged row of a shared trace (sql/25_traces.sql).
         """
-        from msgtrace.query.summaries import (
-            trace_rows,  # the query layer owns the SQL that defines a trace row
-        )
+        # The query layer owns the SQL that defines a trace row.
+        from msgtrace.query.summaries import trace_rows
 
         if not outputs:
             return
         stamp = time.time_ns()
-        tables = trace_rows(self.layout, [[p] for p in outputs])
         gone = set(inputs)
         others = [p for p in retired.visible_parts(self.layout) if p not in gone
                   and (summary := self.layout.summary_path(p)) is not None and summary.exists()]
         holders = outputs + others
-        ids = [t["trace_id"] for t in tables] + [
+        ids = [pc.unique(pq.read_table(o, columns=["trace_id"])["trace_id"]) for o in outputs] + [
             pq.read_table(self.layout.summary_path(o), columns=["trace_id"])["trace_id"] for o in others]
         # Each part holds a trace at most once, so an id seen twice has spans in two parts.
         flat = pa.chunked_array([c for i in ids for c in pa.chunked_array(i).chunks], pa.string())
         counts = pc.value_counts(flat)
         shared = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
-        mine_ids = pa.chunked_array([c for t in tables for c in t["trace_id"].chunks], pa.string())
+        mine_ids = pa.chunked_array([c for i in ids[:len(outputs)] for c in pa.chunked_array(i).chunks], pa.string())
         shared = shared.filter(pc.is_in(shared, value_set=mine_ids))  # those older parts share were done before
         complete = None
         if len(shared):
             parts_of = [holders[i] for i, col in enumerate(ids) if pc.any(pc.is_in(col, value_set=shared)).as_py()]
-            complete = trace_rows(self.layout, [parts_of], only=shared.to_pylist())[0]
+            (complete,) = trace_rows(self.layout, [parts_of], only=shared.to_pylist())
+        del ids, flat, counts, mine_ids
+        tables = trace_rows(self.layout, [[p] for p in outputs])  # one at a time
         for path, table in zip(outputs, tables, strict=True):
             flags = pc.is_in(table["trace_id"], value_set=shared)
             if complete is not None and pc.any(flags).as_py():
