@@ -136,12 +136,15 @@ class Observer:
         return f"Observer(url={self.url!r}, data_dir={str(self.data_dir)!r}, {owner})"
 
 
-def quick_start(port: int = DEFAULT_PORT, data_dir: str | Path | None = None) -> Observer:
+def quick_start(port: int | None = None, data_dir: str | Path | None = None) -> Observer:
     """Reuse or start a local ``msgtrace ingest`` on ``port`` and point the msgtrace SDK at it.
 
+    ``port`` defaults to ``$MSGTRACE_PORT`` or 4321, like ``msgtrace ingest``.
     ``data_dir`` defaults to ``$MSGTRACE_DATA_DIR`` or ``~/.local/share/msgtrace``; a reused server keeps its own.
     Call it before ``msgtrace.sdk`` (or msgflux) is imported; see the module docstring.
     """
+    if port is None:
+        port = int(os.environ.get("MSGTRACE_PORT") or DEFAULT_PORT)
     url = f"http://{HOST}:{port}"
     requested = Path(data_dir).expanduser().resolve() if data_dir is not None else None
     health = _health(url)

@@ -12,12 +12,13 @@ back from the store with ``msgtrace.open``.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib.util
 import sys
 import time
 from typing import Any
+
+from msgtrace.examples import ArgumentParser, bounded_int
 
 WORKFLOW = "support_request_flow"
 MODEL = "gpt-4o-mini"
@@ -64,9 +65,8 @@ def run_workflow(question: str) -> tuple[str, str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m msgtrace.examples.basic_tracing", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--port", type=int, default=4321, help="msgtrace ingest port (default 4321)")
+    parser = ArgumentParser("python -m msgtrace.examples.basic_tracing", __doc__)  # one-line usage errors
+    parser.add_argument("--port", type=bounded_int(1, 65535), default=4321, help="msgtrace ingest port (default 4321)")
     parser.add_argument("--data-dir", default=None, help="store directory (default: MSGTRACE_DATA_DIR or "
                                                          "~/.local/share/msgtrace)")
     args = parser.parse_args(argv)
