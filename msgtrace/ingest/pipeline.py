@@ -40,6 +40,8 @@ from msgtrace.storage.writer import write_parts
 
 log = logging.getLogger("msgtrace.ingest")
 
+FLUSH_RETRY_SECONDS = 1.0  # after a failed flush (disk full, I/O error), the flusher tries again this much later
+
 
 @dataclass(frozen=True)
 class AcceptResult:
@@ -58,6 +60,7 @@ class FlushStats:
     last_flush_seconds: float | None = None
     errors: int = 0
     last_error: str | None = None
+    failing_since_unix: float | None = None  # flushes fail since then (e.g. disk full); None once one succeeds
 
 
 class Ingestor:
@@ -76,6 +79,7 @@ class Ingestor:
         self._flusher: threading.Thread | None = None
         self._dir_lock = DirLock(self.layout.lock_path)
         self._recent_keys: pa.Array | None = None  # span keys of the previous flush, for duplicate collapse
+        self._retry_last: int | None = None  # last WAL seq of a failed flush, retried as exactly that range
         # Compaction only touches parts the WAL checkpoint covers: a replay may rewrite any part past it.
         self.maintenance = Maintenance(self.layout, config, checkpoint=lambda: self.wal.checkpoint)
         self.started = False
@@ -98,7 +102,12 @@ class Ingestor:
         self.started = True
 
     def close(self) -> None:
-        """Flush everything buffered, retire the WAL and release the data directory."""
+        """Flush everything buffered, retire the WAL and release the data directory.
+
+        If the final flush fails (a full disk, say), nothing is lost: every acknowledged span is in the WAL, which
+        is still closed cleanly and replayed at the next start. So that is logged, not raised (raising made a
+        SIGTERM on a full disk end in "Application shutdown failed" and an "internal error" exit).
+        """
         if not self.started:
             return
         self.maintenance.stop()
@@ -107,7 +116,11 @@ class Ingestor:
             self._wake.notify_all()
         if self._flusher is not None:
             self._flusher.join()
-        self.flush()
+        try:
+            self.flush()
+        except Exception as exc:
+            log.error("final flush failed (%s: %s); %d buffered span(s) stay in the write-ahead log and are "
+                      "replayed at the next start", type(exc).__name__, exc, self.buffer.pending_spans)
         self.wal.close()
         self._dir_lock.release()
         self.started = False
@@ -146,26 +159,55 @@ class Ingestor:
     def flush(self) -> int:
         """Write everything buffered now; returns the number of spans written."""
         with self._flush_lock:
-            with self._lock:
-                if not self.buffer.pending:
-                    return 0
-                self.wal.rotate()  # closed segments now hold exactly the records being flushed
-                entries = self.buffer.take()
-            try:
-                written = self._write(entries)
-            except BaseException as exc:
-                with self._lock:
-                    self.buffer.give_back(entries)
-                self.flush_stats.errors += 1
-                self.flush_stats.last_error = f"{type(exc).__name__}: {exc}"
-                raise
-            # The parts are published: the buffer lets go first, then the WAL is retired. If the checkpoint
-            # cannot be written, the next flush's checkpoint covers this range too, and a replay before that
-            # rewrites the range under the same part names (see _replay), so nothing is duplicated.
-            with self._lock:
-                self.buffer.done(entries)
-            self.wal.set_checkpoint(entries[-1].seq)
+            retrying = self._retry_last is not None
+            written = self._flush_pending()
+            if retrying:  # that was a failed flush's range on its own: now the rest
+                written += self._flush_pending()
             return written
+
+    def _flush_pending(self) -> int:
+        """Write the buffered batches (or only those of a failed flush, see below) as one WAL range; the caller
+        holds ``_flush_lock``."""
+        with self._lock:
+            if not self.buffer.pending:
+                return 0
+            try:
+                self.wal.rotate()  # closed segments now hold exactly the records being flushed
+            except BaseException as exc:  # e.g. no inode left for the new segment: nothing was taken
+                self._note_flush_error(exc)
+                raise
+            entries = self.buffer.take()
+            if self._retry_last is not None:
+                # A failed flush may have published some of its parts (one per day) before failing, e.g. on a
+                # full disk. Retrying exactly its WAL range rewrites them under the same names; newer records
+                # would rename the range and leave the rows of those parts on disk twice.
+                later = [e for e in entries if e.seq > self._retry_last]
+                if later:
+                    entries = entries[:len(entries) - len(later)]
+                    self.buffer.give_back(later)
+        try:
+            written = self._write(entries)
+        except BaseException as exc:
+            with self._lock:
+                self.buffer.give_back(entries)
+            self._retry_last = entries[-1].seq
+            self._note_flush_error(exc)
+            raise
+        self._retry_last = None
+        # The parts are published: the buffer lets go first, then the WAL is retired. If the checkpoint
+        # cannot be written, the next flush's checkpoint covers this range too, and a replay before that
+        # rewrites the range under the same part names (see _replay), so nothing is duplicated.
+        with self._lock:
+            self.buffer.done(entries)
+        self.wal.set_checkpoint(entries[-1].seq)
+        return written
+
+    def _note_flush_error(self, exc: BaseException) -> None:
+        s = self.flush_stats
+        s.errors += 1
+        s.last_error = f"{type(exc).__name__}: {exc}"
+        if s.failing_since_unix is None:
+            s.failing_since_unix = time.time()
 
     def _write(self, entries: list[BufferedBatch]) -> int:
         started = time.monotonic()
@@ -185,6 +227,7 @@ class Ingestor:
         s.parts_written += len(paths)
         s.last_flush_unix = time.time()
         s.last_flush_seconds = time.monotonic() - started
+        s.failing_since_unix = None
         return table.num_rows
 
     def _drop_duplicates(self, table: pa.Table, days: pa.Array) -> tuple[pa.Table, pa.Array, pa.Array, int]:
@@ -208,22 +251,25 @@ class Ingestor:
 
     def _flush_loop(self) -> None:
         interval = self.config.flush_interval
-        backoff = 0.0
+        retry_at = 0.0  # after a failed flush, the next try waits until then
         while True:
             with self._wake:
                 if self._stopping:
                     return
+                now = time.monotonic()
                 due = (self.buffer.pending_bytes >= self.config.flush_bytes
                        or (self.buffer.pending and self.buffer.oldest_age() >= interval))
-                if not due or backoff:
-                    self._wake.wait(timeout=backoff or min(interval / 4, 0.5))
-                    backoff = 0.0
+                # The wake-ups accept() sends must not cut the back-off short: on a full disk they came with every
+                # request and turned it into a retry (and a logged traceback) per request.
+                if not due or now < retry_at:
+                    self._wake.wait(timeout=retry_at - now if now < retry_at else min(interval / 4, 0.5))
                     continue
             try:
                 self.flush()
             except Exception:
-                log.exception("flush failed; the spans stay buffered and in the WAL, retrying")
-                backoff = 1.0
+                log.exception("flush failed; the spans stay buffered and in the WAL, retrying in %.0f s",
+                              FLUSH_RETRY_SECONDS)
+                retry_at = time.monotonic() + FLUSH_RETRY_SECONDS
 
     # --- recovery -------------------------------------------------------------------------------------------
     def _replay(self) -> None:
@@ -267,7 +313,10 @@ class Ingestor:
     def status(self) -> dict[str, object]:
         s = self.flush_stats
         wal = self.wal.status()
-        healthy = not wal["failed"] and not wal["corrupt_segments"]
+        # Degraded also while writes fail right now (a full disk: the WAL refuses records, flushes fail), so that a
+        # monitor polling /health sees why clients get 503s.
+        healthy = (not wal["failed"] and not wal["corrupt_segments"] and not wal["write_error"]
+                   and s.failing_since_unix is None)
         return {
             "status": "ok" if healthy else "degraded",
             "data_dir": str(self.layout.root),
@@ -288,6 +337,7 @@ class Ingestor:
                 "last_flush_seconds": s.last_flush_seconds,
                 "errors": s.errors,
                 "last_error": s.last_error,
+                "failing_since_unix": s.failing_since_unix,
             },
             "compaction": self.maintenance.status(),
             "quarantined": list(self.quarantined),

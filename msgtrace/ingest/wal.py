@@ -79,6 +79,7 @@ class WriteAheadLog:
         self._synced_seq = 0
         self._checkpoint = 0
         self._failed: str | None = None
+        self._write_error: str | None = None  # the last append failed (e.g. disk full); cleared by the next one
         self._closed_sizes: dict[Path, int] = {}  # segments not yet retired, other than the active one
 
     # --- opening and replay ---------------------------------------------------------------------------------
@@ -156,11 +157,23 @@ class WriteAheadLog:
 
     # --- appending ------------------------------------------------------------------------------------------
     def _open_segment(self) -> None:
+        """Make a segment named by the next sequence number the active one, all or nothing: if the file cannot be
+        created or made durable (ENOSPC: out of inodes or directory blocks; EMFILE), OSError propagates and the
+        state is unchanged, so the caller's old segment (if any) can stay active."""
         path = self.dir / f"{self._next_seq:020d}{SEGMENT_SUFFIX}"
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        self._segment_first = self._next_seq
-        self._offset = os.fstat(self._fd).st_size
-        fsync_dir(self.dir)
+        existed = path.exists()  # at open: the empty active segment a clean shutdown left
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            offset = os.fstat(fd).st_size
+            fsync_dir(self.dir)
+        except BaseException:
+            os.close(fd)
+            if not existed:
+                # An empty segment left behind would sit between records at replay and mislead set_checkpoint,
+                # which takes a segment's last record to be the next segment's name minus one.
+                path.unlink(missing_ok=True)
+            raise
+        self._fd, self._segment_first, self._offset = fd, self._next_seq, offset
 
     def append(self, wire_format: int, body: bytes, received_unix_nano: int) -> int:
         """Write one record (not yet fsynced unless the policy is ``always``); returns its sequence number."""
@@ -180,8 +193,9 @@ class WriteAheadLog:
                     os.ftruncate(self._fd, self._offset)
                 except OSError:
                     self._failed = f"cannot undo a partial write: {exc}"
-                raise StorageUnavailable(f"write-ahead log write failed: {os.strerror(exc.errno or errno.EIO)}") \
-                    from None
+                self._write_error = os.strerror(exc.errno or errno.EIO)
+                raise StorageUnavailable(f"write-ahead log write failed: {self._write_error}") from None
+            self._write_error = None
             self._offset += len(record)
             self._next_seq = seq + 1
             self._written_seq = seq
@@ -196,6 +210,10 @@ class WriteAheadLog:
         with self._sync_lock:
             if self._synced_seq >= seq:
                 return  # someone else's fsync covered it: the group commit
+            if self._failed:
+                # Another request's fsync failed while this one waited. Its record may be among the pages the
+                # kernel dropped, and a second fsync would report success (the error is reported only once).
+                raise StorageUnavailable(f"write-ahead log unavailable: {self._failed}")
             with self._lock:
                 fd, target = self._fd, self._written_seq
             try:
@@ -220,9 +238,19 @@ class WriteAheadLog:
             if self._offset == 0:
                 return self._written_seq  # nothing in the active segment: keep it
             self._fsync_locked()
-            os.close(self._fd)  # type: ignore[arg-type]
-            self._closed_sizes[self.dir / f"{self._segment_first:020d}{SEGMENT_SUFFIX}"] = self._offset
-            self._open_segment()
+            old_fd, old_path = self._fd, self.dir / f"{self._segment_first:020d}{SEGMENT_SUFFIX}"
+            old_size = self._offset
+            # The new segment is opened before the old one is closed. When it cannot be created (a full disk can
+            # be out of inodes while the open segment still takes writes), the old segment simply stays active;
+            # closing first left appends writing to a closed descriptor (EBADF, which failed the WAL for good) or,
+            # once the number was reused, into whatever file or socket got it.
+            try:
+                self._open_segment()
+            except OSError as exc:
+                raise StorageUnavailable("cannot start a new write-ahead log segment: "
+                                         f"{os.strerror(exc.errno or errno.EIO)}") from None
+            os.close(old_fd)  # type: ignore[arg-type]
+            self._closed_sizes[old_path] = old_size
             return self._written_seq
 
     # --- retiring -------------------------------------------------------------------------------------------
@@ -253,6 +281,7 @@ class WriteAheadLog:
             "truncated_tail_records": self.stats.truncated_tail_records,
             "corrupt_segments": list(self.stats.corrupt_segments),
             "failed": self._failed,
+            "write_error": self._write_error,
         }
 
     def close(self) -> None:

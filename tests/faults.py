@@ -1,0 +1,193 @@
+"""Shared by the fault tests (test_disk_full, test_stall, test_exporters_trouble): a real filesystem to fill up or
+freeze, and the count of what the store holds, read with plain DuckDB.
+
+:class:`LoopFilesystem` is a loop-mounted ext4 image that a test fills up (disk full) or freezes (a stalled disk),
+with no mocks anywhere between the server and the kernel.
+
+    fs = LoopFilesystem(image=tmp_path / "fs.img", mountpoint=data_dir / "spans", size_mib=64)
+    fs.mount()                  # truncate + mkfs.ext4 + mount -o loop; pytest.skip (with the reason) if impossible
+    fs.fill()                   # a ballast file takes every free block: the next write gets ENOSPC
+    fs.fill_inodes()            # ballast files take every free inode: the next file created gets ENOSPC
+    fs.free()                   # delete the ballast
+    with fs.frozen(limit=30):   # fsfreeze: writes block (the writer sits in D state) until thawed
+        ...
+    fs.unmount()
+
+Mounting needs root and a loop device; where either is missing the test is skipped with the reason. A freeze is
+held by a helper process that thaws the filesystem by itself after ``limit`` seconds, so a test that dies (or a
+pytest that is killed) never leaves a process stuck on a frozen disk for longer than that.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from msgtrace.storage.layout import StoreLayout
+from msgtrace.storage.retired import visible_parts
+
+TOOLS = ("mkfs.ext4", "mount", "umount", "fsfreeze")
+
+
+class LoopFilesystem:
+    def __init__(self, image: Path, mountpoint: Path, size_mib: int, inodes: int = 4096) -> None:
+        self.image = image
+        self.mountpoint = mountpoint
+        self.size_mib = size_mib
+        self.inodes = inodes
+        self.ballast = mountpoint / "ballast"
+        self.ballast_dir = mountpoint / "ballast.d"
+        self.mounted = False
+        self._freezer: subprocess.Popen[bytes] | None = None
+
+    def mount(self) -> None:
+        """Create and mount the filesystem, or skip the test saying why that is impossible here."""
+        if os.geteuid() != 0:
+            pytest.skip("mounting a loop filesystem needs root")
+        missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+        if missing:
+            pytest.skip(f"mounting a loop filesystem needs {', '.join(missing)}")
+        self.mountpoint.mkdir(parents=True, exist_ok=True)
+        with self.image.open("wb") as f:
+            f.truncate(self.size_mib * 1024 * 1024)
+        # -m 0: no blocks reserved for root (the server runs as root here and would otherwise fill those too).
+        self._run_or_skip(["mkfs.ext4", "-q", "-F", "-m", "0", "-N", str(self.inodes), str(self.image)])
+        self._run_or_skip(["mount", "-o", "loop,noatime", str(self.image), str(self.mountpoint)])
+        self.mounted = True
+        (self.mountpoint / "lost+found").rmdir()  # an empty directory the store has no use for
+
+    def _run_or_skip(self, args: list[str]) -> None:
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=60)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a loop filesystem here: {' '.join(args)}: {proc.stderr.strip()[:300]}")
+
+    # --- disk full ----------------------------------------------------------------------------------------------
+    def free_bytes(self) -> int:
+        st = os.statvfs(self.mountpoint)
+        return st.f_bavail * st.f_frsize
+
+    def fill(self, leave: int = 0) -> int:
+        """Write a ballast file until the filesystem refuses another byte (or only about ``leave`` bytes are
+        free); returns its size."""
+        written = 0
+        goal = self.free_bytes() - leave if leave else None
+        fd = os.open(self.ballast, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            for chunk in (1 << 20, 1 << 16, 1 << 12, 1 << 9, 1):
+                block = b"\0" * chunk
+                while goal is None or written + chunk <= goal:
+                    try:
+                        written += os.write(fd, block)
+                    except OSError as exc:
+                        if exc.errno != errno.ENOSPC:
+                            raise
+                        break
+            try:
+                os.fsync(fd)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+        finally:
+            os.close(fd)
+        return written
+
+    def fill_inodes(self) -> int:
+        """Create empty ballast files until no inode is left; returns how many."""
+        self.ballast_dir.mkdir(exist_ok=True)
+        n = 0
+        while True:
+            try:
+                os.close(os.open(self.ballast_dir / str(n), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                return n
+            n += 1
+
+    def free(self) -> None:
+        self.ballast.unlink(missing_ok=True)
+        if self.ballast_dir.exists():
+            shutil.rmtree(self.ballast_dir)
+
+    # --- a stalled disk -----------------------------------------------------------------------------------------
+    @contextmanager
+    def frozen(self, limit: float = 30.0) -> Iterator[None]:
+        """Freeze the filesystem for the block; a helper process thaws it after ``limit`` seconds regardless."""
+        self.freeze(limit)
+        try:
+            yield
+        finally:
+            self.thaw()
+
+    def freeze(self, limit: float = 30.0) -> None:
+        assert self._freezer is None, "already frozen"
+        mp = str(self.mountpoint)
+        self._freezer = subprocess.Popen(
+            ["sh", "-c", f'fsfreeze --freeze "$1" || exit 1; echo frozen; sleep {limit:.0f}; fsfreeze --unfreeze "$1"',
+             "freezer", mp],
+            stdout=subprocess.PIPE, start_new_session=True,
+        )
+        assert self._freezer.stdout is not None
+        if self._freezer.stdout.readline().strip() != b"frozen":
+            self._freezer.wait(10)
+            self._freezer = None
+            raise RuntimeError(f"fsfreeze --freeze {mp} failed")
+
+    def thaw(self) -> None:
+        if self._freezer is None:
+            return
+        # Stop the helper first (its own later thaw must not undo a freeze that comes after this one), then thaw.
+        os.killpg(self._freezer.pid, signal.SIGKILL)
+        self._freezer.wait(10)
+        if self._freezer.stdout is not None:
+            self._freezer.stdout.close()
+        self._freezer = None
+        subprocess.run(["fsfreeze", "--unfreeze", str(self.mountpoint)], capture_output=True, timeout=30)
+
+    # --- teardown -----------------------------------------------------------------------------------------------
+    def unmount(self) -> None:
+        if not self.mounted:
+            return
+        self.thaw()
+        for _ in range(50):  # a process that just exited may still hold a file open for a moment
+            if subprocess.run(["umount", str(self.mountpoint)], capture_output=True).returncode == 0:
+                break
+            time.sleep(0.1)
+        else:
+            subprocess.run(["umount", "-l", str(self.mountpoint)], capture_output=True)
+        self.mounted = False
+        self.image.unlink(missing_ok=True)
+
+
+def stored_span_counts(data_dir: Path) -> dict[str, int]:
+    """span_id (hex) → how many rows hold it, over the Parquet parts a reader sees, read with plain DuckDB.
+
+    The parts are the files under ``spans/`` less those compaction has retired (replaced, awaiting deletion after
+    a grace period) or is still writing, as listed in ``retired.json``: the same rule the DuckDB shell applies
+    (``sql/00_source.sql``). Globbing everything would count a compacted span twice for those minutes.
+    """
+    parts = [str(p) for p in visible_parts(StoreLayout(data_dir))]
+    if not parts:
+        return {}
+    rows = duckdb.connect().execute("SELECT span_id, count(*) FROM read_parquet(?) GROUP BY span_id",
+                                    [parts]).fetchall()
+    return dict(rows)
+
+
+def check_parts_readable(data_dir: Path) -> int:
+    """Open every file under ``spans/`` with plain DuckDB (a torn file fails here); returns how many there are."""
+    parts = sorted((data_dir / "spans").glob("*/*.parquet"))
+    con = duckdb.connect()
+    for part in parts:
+        con.execute("SELECT count(*) FROM read_parquet(?)", [str(part)]).fetchall()
+    return len(parts)
