@@ -1,0 +1,219 @@
+"""A stalled flush against the real server over HTTP: the Parquet side of the store sits on a loop-mounted ext4
+filesystem that the test freezes (``fsfreeze``: every write to it blocks, as on a hung disk), while the WAL, on
+another filesystem, keeps working. Clients keep sending. Then:
+
+- once the budget is used (the buffer's in one run, the WAL's in the other), the answer is 503 + ``Retry-After``,
+  and the buffer / WAL stop growing;
+- never a 200 whose spans later go missing: every acknowledged request is stored whole, exactly once;
+- requests that are accepted are acknowledged fast: p99 < 1 s over the whole run, stall included;
+- within 5 s of the disk thawing, the backlog is flushed and every client is served again.
+
+No test hook in the server: the stall is a real frozen filesystem. Without root or loop devices the test is skipped
+with the reason. ``MSGTRACE_STRESS=1`` holds the stall longer and repeats it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+import msgtrace
+from tests.conftest import Server
+from tests.faults import LoopFilesystem, stored_span_counts
+
+STRESS = os.environ.get("MSGTRACE_STRESS") == "1"
+STALLS = 3 if STRESS else 1
+REFUSING_SECONDS = 6.0 if STRESS else 2.0  # how long the stall goes on once the first 503 is seen
+CLIENTS = 4
+SPANS_PER_REQUEST = 200
+PAUSE = 0.01  # between a client's requests
+ACK_P99_LIMIT = 1.0
+RECOVERY_LIMIT = 5.0
+MiB = 2**20
+
+BUDGETS = {
+    # the in-memory buffer runs out first
+    "buffer": {"MSGTRACE_BUFFER_LIMIT_BYTES": str(12 * MiB), "MSGTRACE_FLUSH_BYTES": str(3 * MiB)},
+    # the WAL runs out first (the buffer budget stays at its default, 96 MiB)
+    "wal": {"MSGTRACE_WAL_LIMIT_BYTES": str(12 * MiB)},
+}
+
+
+def request_body(client: int, seq: int) -> bytes:
+    request = ExportTraceServiceRequest()
+    scope = request.resource_spans.add().scope_spans.add()
+    now = time.time_ns()
+    for i in range(SPANS_PER_REQUEST):
+        span = scope.spans.add()
+        span.span_id = bytes([client + 1]) + seq.to_bytes(4, "big") + i.to_bytes(3, "big")
+        span.trace_id = bytes([client + 1]) + seq.to_bytes(4, "big") + bytes(10) + bytes([i // 20 + 1])
+        span.name = "llm.call"
+        span.start_time_unix_nano, span.end_time_unix_nano = now + i, now + i + 1_000_000
+        kv = span.attributes.add()
+        kv.key, kv.value.string_value = "gen_ai.prompt", f"{client}/{seq}/{i} {os.urandom(16).hex()} " + "p" * 300
+    return request.SerializeToString()
+
+
+class Clients:
+    """Clients sending new spans back to back; a refused request is not resent (new spans follow instead)."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.sent: set[tuple[int, int]] = set()
+        self.acked: dict[tuple[int, int], float] = {}  # request -> monotonic time of its 200
+        self.answers: list[tuple[float, float, int, str | None]] = []  # (sent at, latency, status, Retry-After)
+        self.bad: list[str] = []
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._run, args=(c,), daemon=True) for c in range(CLIENTS)]
+
+    def __enter__(self) -> Clients:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=30)
+
+    def _run(self, client: int) -> None:
+        seq = 0
+        with httpx.Client(timeout=10.0) as http:
+            while not self.stop.is_set():
+                body = request_body(client, seq)
+                with self.lock:
+                    self.sent.add((client, seq))
+                started = time.monotonic()
+                try:
+                    response = http.post(f"{self.server.url}/v1/traces", content=body,
+                                         headers={"Content-Type": "application/x-protobuf"})
+                except httpx.HTTPError as exc:
+                    self.bad.append(f"{type(exc).__name__}: {exc}")
+                    time.sleep(0.1)
+                else:
+                    now = time.monotonic()
+                    with self.lock:
+                        self.answers.append((started, now - started, response.status_code,
+                                             response.headers.get("retry-after")))
+                        if response.status_code == 200:
+                            self.acked[(client, seq)] = now
+                    if response.status_code not in (200, 503):
+                        self.bad.append(f"{response.status_code}: {response.text[:300]}")
+                seq += 1
+                time.sleep(PAUSE)
+
+    def wait_for(self, predicate, timeout: float) -> bool:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if predicate():
+                    return True
+            time.sleep(0.02)
+        return False
+
+
+def p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+@pytest.fixture
+def spans_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """data/spans/ on its own small filesystem (the one that will stall); data/wal/ stays on the test's disk."""
+    data_dir = tmp_path / "data"
+    fs = LoopFilesystem(image=tmp_path / "spans.img", mountpoint=data_dir / "spans", size_mib=256)
+    fs.mount()
+    try:
+        yield fs
+    finally:
+        fs.unmount()
+
+
+@pytest.mark.parametrize("budget", BUDGETS)
+def test_stalled_flush_refuses_with_503_and_recovers(spans_disk: LoopFilesystem, budget: str) -> None:
+    data_dir = spans_disk.mountpoint.parent
+    server = Server(data_dir, env={"MSGTRACE_FLUSH_INTERVAL": "0.2", **BUDGETS[budget]})
+    server.start()
+    limit = int(BUDGETS[budget].get("MSGTRACE_BUFFER_LIMIT_BYTES") or BUDGETS[budget]["MSGTRACE_WAL_LIMIT_BYTES"])
+    stalls: list[dict[str, float]] = []
+    try:
+        with Clients(server) as clients:
+            assert clients.wait_for(lambda: len(clients.acked) >= 20, 15), clients.bad[:5]
+            for _ in range(STALLS):
+                with spans_disk.frozen(limit=60):
+                    frozen_at = time.monotonic()
+                    assert clients.wait_for(lambda t=frozen_at: any(s == 503 and at > t
+                                                                    for at, _, s, _ in clients.answers), 30), \
+                        "the budget was never used up"
+                    refused_at = time.monotonic()
+                    peak = 0
+                    while time.monotonic() < refused_at + REFUSING_SECONDS:  # the budget holds
+                        health = server.health()
+                        used = (health["buffer"]["pending_bytes"] + health["buffer"]["flushing_bytes"]
+                                if budget == "buffer" else health["wal"]["bytes"])
+                        peak = max(peak, used)
+                        time.sleep(0.1)
+                    thawed_at = time.monotonic()
+                # Recovery: the backlog flushed (budget free again) and every client served again.
+                recovered = clients.wait_for(
+                    lambda t=thawed_at: len({c for (c, _), at in clients.acked.items() if at > t}) == CLIENTS,
+                    RECOVERY_LIMIT)
+                health = server.health()
+                while time.monotonic() < thawed_at + RECOVERY_LIMIT and health["buffer"]["flushing_bytes"]:
+                    time.sleep(0.05)
+                    health = server.health()
+                recovered_at = time.monotonic()
+                assert recovered, f"not every client was served within {RECOVERY_LIMIT} s of the thaw"
+                assert health["buffer"]["flushing_bytes"] == 0, health["buffer"]
+                assert health["flush"]["last_flush_unix"] > time.time() - (recovered_at - thawed_at) - 0.5
+                time.sleep(RECOVERY_LIMIT)  # keep the load on: no 503 once recovered (checked below)
+                stalls.append({"first_503_after_freeze_s": round(refused_at - frozen_at, 2),
+                               "peak_budget_used_mib": round(peak / MiB, 2),
+                               "recovered_after_thaw_s": round(recovered_at - thawed_at, 2),
+                               "frozen_at": frozen_at, "thawed_at": thawed_at})
+    finally:
+        spans_disk.thaw()
+        code = server.stop()
+    assert code == 0, server.log.read_text()[-3000:]
+
+    statuses = Counter(s for _, _, s, _ in clients.answers)
+    acked_latencies = [lat for _, lat, s, _ in clients.answers if s == 200]
+    refused_latencies = [lat for _, lat, s, _ in clients.answers if s == 503]
+    print(f"stalled flush ({budget} budget): {dict(statuses)}; ack p99 {p99(acked_latencies) * 1000:.0f} ms, "
+          f"max {max(acked_latencies) * 1000:.0f} ms; 503 p99 {p99(refused_latencies) * 1000:.0f} ms; "
+          f"stalls: {[{k: v for k, v in s.items() if k not in ('frozen_at', 'thawed_at')} for s in stalls]}")
+    assert not clients.bad, clients.bad[:5]  # only 200 and 503
+    assert set(statuses) == {200, 503}, statuses
+    assert all(retry == "1" for *_, s, retry in clients.answers if s == 503)
+    assert p99(acked_latencies) < ACK_P99_LIMIT
+    assert p99(refused_latencies) < ACK_P99_LIMIT
+    for stall in stalls:
+        # The budget held: it was not overrun by more than the requests in flight when it ran out.
+        assert stall["peak_budget_used_mib"] * MiB < limit + 4 * MiB, stall
+        assert stall["recovered_after_thaw_s"] < RECOVERY_LIMIT, stall
+    # 503s only for requests sent while the disk was frozen or within the recovery limit after the thaw: never in
+    # normal running, and never once recovered (the load goes on for RECOVERY_LIMIT after each recovery).
+    late = [sent for sent, _, s, _ in clients.answers if s == 503 and not any(
+        st["frozen_at"] <= sent <= st["thawed_at"] + RECOVERY_LIMIT for st in stalls)]
+    assert not late, f"{len(late)} request(s) refused outside the stalls and their recovery"
+
+    # Never a 200 whose spans went missing: plain DuckDB over the files, then the store's views.
+    counts = {bytes.fromhex(span_id): n for span_id, n in stored_span_counts(data_dir).items()}
+    twice = [k.hex() for k, n in counts.items() if n != 1]
+    assert not twice, f"{len(twice)} span(s) stored more than once, e.g. {twice[:3]}"
+    per_request = Counter((k[0] - 1, int.from_bytes(k[1:5], "big")) for k in counts)
+    missing = set(clients.acked) - set(per_request)
+    assert not missing, f"{len(missing)} acknowledged request(s) lost, e.g. {sorted(missing)[:3]}"
+    assert set(per_request) <= clients.sent
+    assert set(per_request.values()) == {SPANS_PER_REQUEST}
+    with msgtrace.open(data_dir) as store:
+        viewed = store.query("SELECT count(*) AS n, count(DISTINCT span_id) AS d FROM spans").table.to_pylist()
+    assert viewed == [{"n": len(counts), "d": len(counts)}]
