@@ -25,12 +25,15 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import duckdb
+import httpx
 import pytest
 
 from msgtrace.storage.layout import StoreLayout
@@ -191,3 +194,75 @@ def check_parts_readable(data_dir: Path) -> int:
     for part in parts:
         con.execute("SELECT count(*) FROM read_parquet(?)", [str(part)]).fetchall()
     return len(parts)
+
+
+class Answer(NamedTuple):
+    sent: float  # monotonic time the request was sent
+    answered: float  # monotonic time its answer arrived
+    status: int
+    retry_after: str | None
+
+
+class LoadClients:
+    """``clients`` threads POSTing new spans back to back (``body(client, seq)``, one request every ``pause``
+    seconds each); a refused request is not resent, so an acked one must be stored. Records every answer, the
+    acked requests and anything but a 200 or 503 (``bad``). A context manager: the load runs inside ``with``."""
+
+    def __init__(self, url: str, body: Callable[[int, int], bytes], clients: int, pause: float) -> None:
+        self.url, self.body, self.clients, self.pause = url, body, clients, pause
+        self.sent: set[tuple[int, int]] = set()
+        self.acked: dict[tuple[int, int], float] = {}  # request -> monotonic time of its 200
+        self.answers: list[Answer] = []
+        self.bad: list[str] = []
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._run, args=(c,), daemon=True) for c in range(clients)]
+
+    def __enter__(self) -> LoadClients:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=30)
+
+    def _run(self, client: int) -> None:
+        seq = 0
+        with httpx.Client(timeout=10.0) as http:
+            while not self.stop.is_set():
+                body = self.body(client, seq)
+                with self.lock:
+                    self.sent.add((client, seq))
+                started = time.monotonic()
+                try:
+                    response = http.post(f"{self.url}/v1/traces", content=body,
+                                         headers={"Content-Type": "application/x-protobuf"})
+                except httpx.HTTPError as exc:
+                    self.bad.append(f"{type(exc).__name__}: {exc}")
+                    time.sleep(0.1)
+                else:
+                    now = time.monotonic()
+                    with self.lock:
+                        self.answers.append(Answer(started, now, response.status_code,
+                                                   response.headers.get("retry-after")))
+                        if response.status_code == 200:
+                            self.acked[(client, seq)] = now
+                    if response.status_code not in (200, 503):
+                        self.bad.append(f"{response.status_code}: {response.text[:300]}")
+                seq += 1
+                time.sleep(self.pause)
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if predicate():
+                    return True
+            time.sleep(0.02)
+        return False
+
+    def served_since(self, t: float) -> int:
+        """How many clients got a 200 after ``t``."""
+        return len({c for (c, _), at in self.acked.items() if at > t})

@@ -25,12 +25,10 @@ from __future__ import annotations
 
 import errno
 import os
-import threading
 import time
 from collections import Counter
 from pathlib import Path
 
-import httpx
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
@@ -39,7 +37,7 @@ from msgtrace.config import IngestConfig
 from msgtrace.ingest.decode import WireFormat
 from msgtrace.ingest.pipeline import FLUSH_RETRY_SECONDS, Ingestor
 from tests.conftest import Server
-from tests.faults import LoopFilesystem, check_parts_readable, stored_span_counts
+from tests.faults import LoadClients, LoopFilesystem, check_parts_readable, stored_span_counts
 
 STRESS = os.environ.get("MSGTRACE_STRESS") == "1"
 ROUNDS = 3 if STRESS else 1
@@ -71,63 +69,6 @@ def request_body(client: int, seq: int) -> bytes:
     return request.SerializeToString()
 
 
-class Clients:
-    """Clients that send new spans back to back, never resending a request (so an acked one must be stored)."""
-
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        self.sent: set[tuple[int, int]] = set()
-        self.acked: dict[tuple[int, int], float] = {}  # request -> monotonic time of its 200
-        self.answers: list[tuple[float, int, str | None]] = []  # (time, status, Retry-After)
-        self.bad: list[str] = []
-        self.stop = threading.Event()
-        self._lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._run, args=(c,), daemon=True) for c in range(CLIENTS)]
-
-    def __enter__(self) -> Clients:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=30)
-
-    def _run(self, client: int) -> None:
-        seq = 0
-        with httpx.Client(timeout=10.0) as http:
-            while not self.stop.is_set():
-                body = request_body(client, seq)
-                with self._lock:
-                    self.sent.add((client, seq))
-                try:
-                    response = http.post(f"{self.server.url}/v1/traces", content=body,
-                                         headers={"Content-Type": "application/x-protobuf"})
-                except httpx.HTTPError as exc:
-                    self.bad.append(f"{type(exc).__name__}: {exc}")
-                    time.sleep(0.1)
-                else:
-                    now = time.monotonic()
-                    with self._lock:
-                        self.answers.append((now, response.status_code, response.headers.get("retry-after")))
-                        if response.status_code == 200:
-                            self.acked[(client, seq)] = now
-                    if response.status_code not in (200, 503):
-                        self.bad.append(f"{response.status_code}: {response.text[:300]}")
-                seq += 1
-                time.sleep(PAUSE)
-
-    def wait_for(self, predicate, timeout: float) -> bool:  # type: ignore[no-untyped-def]
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
-                if predicate():
-                    return True
-            time.sleep(0.02)
-        return False
-
-
 @pytest.fixture
 def full_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
     fs = LoopFilesystem(image=tmp_path / "disk.img", mountpoint=tmp_path / "disk", size_mib=64)
@@ -157,15 +98,15 @@ def test_disk_full_answers_503_keeps_acked_spans_and_resumes(full_disk: LoopFile
     server.start()
     rounds: list[dict[str, float]] = []
     try:
-        with Clients(server) as clients:
+        with LoadClients(server.url, request_body, CLIENTS, PAUSE) as clients:
             assert clients.wait_for(lambda: len(clients.acked) >= 20, 15), clients.bad[:5]
             for _ in range(ROUNDS):
                 errors_before = server.health()["flush"]["errors"]
                 filled_at = time.monotonic()
                 ballast = fill()
-                assert clients.wait_for(lambda t=filled_at: any(s == 503 and at > t for at, s, _ in clients.answers),
+                assert clients.wait_for(lambda t=filled_at: any(a.status == 503 and a.answered > t for a in clients.answers),
                                         15), "no 503 while the disk was full"
-                refused_at = next(at for at, s, _ in clients.answers if s == 503 and at > filled_at)
+                refused_at = next(a.answered for a in clients.answers if a.status == 503 and a.answered > filled_at)
                 time.sleep(FULL_SECONDS)
                 check_parts_readable(data_dir)  # every part a reader can see is whole, while the disk is full
                 full_health = server.health()  # says why clients get 503s
@@ -177,8 +118,7 @@ def test_disk_full_answers_503_keeps_acked_spans_and_resumes(full_disk: LoopFile
                                         RESUME_LIMIT), f"no 200 within {RESUME_LIMIT} s of freeing space"
                 resumed_at = min(at for at in clients.acked.values() if at > freed_at)
                 # Every client is served again (not just a lucky one), then some load on the recovered disk.
-                assert clients.wait_for(
-                    lambda t=freed_at: len({c for (c, _), at in clients.acked.items() if at > t}) == CLIENTS, 10)
+                assert clients.wait_for(lambda t=freed_at: clients.served_since(t) == CLIENTS, 10)
                 deadline = time.monotonic() + RESUME_LIMIT
                 while (health := server.health())["status"] != "ok" and time.monotonic() < deadline:
                     time.sleep(0.1)
@@ -192,19 +132,19 @@ def test_disk_full_answers_503_keeps_acked_spans_and_resumes(full_disk: LoopFile
                 assert time.monotonic() - filled_at < DEADLINE
             # Last, a shutdown while the disk is full: the final flush cannot be written, the WAL keeps it all.
             fill()
-            assert clients.wait_for(lambda t=time.monotonic(): any(s == 503 and at > t
-                                                                   for at, s, _ in clients.answers), 15)
+            assert clients.wait_for(lambda t=time.monotonic(): any(a.status == 503 and a.answered > t
+                                                                   for a in clients.answers), 15)
     finally:
         code = server.stop()
         full_disk.free()
     assert code == 0, server.log.read_text()[-3000:]
 
-    statuses = Counter(s for _, s, _ in clients.answers)
+    statuses = Counter(a.status for a in clients.answers)
     print(f"disk full ({exhausted}): {dict(statuses)} answers; {len(clients.acked)} requests acked; "
           f"rounds: {rounds}")
     assert not clients.bad, clients.bad[:5]  # only 200 and 503, no transport errors, never a 500
     assert set(statuses) == {200, 503}, statuses
-    assert all(retry == "1" for _, s, retry in clients.answers if s == 503)
+    assert all(a.retry_after == "1" for a in clients.answers if a.status == 503)
     assert max(r["resume_after_free_s"] for r in rounds) < RESUME_LIMIT
 
     # Space is back: a restart replays what the last shutdown could not flush, finds nothing torn to quarantine

@@ -15,18 +15,16 @@ with the reason. ``MSGTRACE_STRESS=1`` holds the stall longer and repeats it.
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections import Counter
 from pathlib import Path
 
-import httpx
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 import msgtrace
 from tests.conftest import Server
-from tests.faults import LoopFilesystem, stored_span_counts
+from tests.faults import LoadClients, LoopFilesystem, stored_span_counts
 
 STRESS = os.environ.get("MSGTRACE_STRESS") == "1"
 STALLS = 3 if STRESS else 1
@@ -61,65 +59,6 @@ def request_body(client: int, seq: int) -> bytes:
     return request.SerializeToString()
 
 
-class Clients:
-    """Clients sending new spans back to back; a refused request is not resent (new spans follow instead)."""
-
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        self.sent: set[tuple[int, int]] = set()
-        self.acked: dict[tuple[int, int], float] = {}  # request -> monotonic time of its 200
-        self.answers: list[tuple[float, float, int, str | None]] = []  # (sent at, latency, status, Retry-After)
-        self.bad: list[str] = []
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._run, args=(c,), daemon=True) for c in range(CLIENTS)]
-
-    def __enter__(self) -> Clients:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=30)
-
-    def _run(self, client: int) -> None:
-        seq = 0
-        with httpx.Client(timeout=10.0) as http:
-            while not self.stop.is_set():
-                body = request_body(client, seq)
-                with self.lock:
-                    self.sent.add((client, seq))
-                started = time.monotonic()
-                try:
-                    response = http.post(f"{self.server.url}/v1/traces", content=body,
-                                         headers={"Content-Type": "application/x-protobuf"})
-                except httpx.HTTPError as exc:
-                    self.bad.append(f"{type(exc).__name__}: {exc}")
-                    time.sleep(0.1)
-                else:
-                    now = time.monotonic()
-                    with self.lock:
-                        self.answers.append((started, now - started, response.status_code,
-                                             response.headers.get("retry-after")))
-                        if response.status_code == 200:
-                            self.acked[(client, seq)] = now
-                    if response.status_code not in (200, 503):
-                        self.bad.append(f"{response.status_code}: {response.text[:300]}")
-                seq += 1
-                time.sleep(PAUSE)
-
-    def wait_for(self, predicate, timeout: float) -> bool:  # type: ignore[no-untyped-def]
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self.lock:
-                if predicate():
-                    return True
-            time.sleep(0.02)
-        return False
-
-
 def p99(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
@@ -145,13 +84,13 @@ def test_stalled_flush_refuses_with_503_and_recovers(spans_disk: LoopFilesystem,
     limit = int(BUDGETS[budget].get("MSGTRACE_BUFFER_LIMIT_BYTES") or BUDGETS[budget]["MSGTRACE_WAL_LIMIT_BYTES"])
     stalls: list[dict[str, float]] = []
     try:
-        with Clients(server) as clients:
+        with LoadClients(server.url, request_body, CLIENTS, PAUSE) as clients:
             assert clients.wait_for(lambda: len(clients.acked) >= 20, 15), clients.bad[:5]
             for _ in range(STALLS):
                 with spans_disk.frozen(limit=60):
                     frozen_at = time.monotonic()
-                    assert clients.wait_for(lambda t=frozen_at: any(s == 503 and at > t
-                                                                    for at, _, s, _ in clients.answers), 30), \
+                    assert clients.wait_for(lambda t=frozen_at: any(a.status == 503 and a.sent > t
+                                                                    for a in clients.answers), 30), \
                         "the budget was never used up"
                     refused_at = time.monotonic()
                     peak = 0
@@ -163,9 +102,8 @@ def test_stalled_flush_refuses_with_503_and_recovers(spans_disk: LoopFilesystem,
                         time.sleep(0.1)
                     thawed_at = time.monotonic()
                 # Recovery: the backlog flushed (budget free again) and every client served again.
-                recovered = clients.wait_for(
-                    lambda t=thawed_at: len({c for (c, _), at in clients.acked.items() if at > t}) == CLIENTS,
-                    RECOVERY_LIMIT)
+                recovered = clients.wait_for(lambda t=thawed_at: clients.served_since(t) == CLIENTS,
+                                             RECOVERY_LIMIT)
                 health = server.health()
                 while time.monotonic() < thawed_at + RECOVERY_LIMIT and health["buffer"]["flushing_bytes"]:
                     time.sleep(0.05)
@@ -184,15 +122,15 @@ def test_stalled_flush_refuses_with_503_and_recovers(spans_disk: LoopFilesystem,
         code = server.stop()
     assert code == 0, server.log.read_text()[-3000:]
 
-    statuses = Counter(s for _, _, s, _ in clients.answers)
-    acked_latencies = [lat for _, lat, s, _ in clients.answers if s == 200]
-    refused_latencies = [lat for _, lat, s, _ in clients.answers if s == 503]
+    statuses = Counter(a.status for a in clients.answers)
+    acked_latencies = [a.answered - a.sent for a in clients.answers if a.status == 200]
+    refused_latencies = [a.answered - a.sent for a in clients.answers if a.status == 503]
     print(f"stalled flush ({budget} budget): {dict(statuses)}; ack p99 {p99(acked_latencies) * 1000:.0f} ms, "
           f"max {max(acked_latencies) * 1000:.0f} ms; 503 p99 {p99(refused_latencies) * 1000:.0f} ms; "
           f"stalls: {[{k: v for k, v in s.items() if k not in ('frozen_at', 'thawed_at')} for s in stalls]}")
     assert not clients.bad, clients.bad[:5]  # only 200 and 503
     assert set(statuses) == {200, 503}, statuses
-    assert all(retry == "1" for *_, s, retry in clients.answers if s == 503)
+    assert all(a.retry_after == "1" for a in clients.answers if a.status == 503)
     assert p99(acked_latencies) < ACK_P99_LIMIT
     assert p99(refused_latencies) < ACK_P99_LIMIT
     for stall in stalls:
@@ -201,8 +139,8 @@ def test_stalled_flush_refuses_with_503_and_recovers(spans_disk: LoopFilesystem,
         assert stall["recovered_after_thaw_s"] < RECOVERY_LIMIT, stall
     # 503s only for requests sent while the disk was frozen or within the recovery limit after the thaw: never in
     # normal running, and never once recovered (the load goes on for RECOVERY_LIMIT after each recovery).
-    late = [sent for sent, _, s, _ in clients.answers if s == 503 and not any(
-        st["frozen_at"] <= sent <= st["thawed_at"] + RECOVERY_LIMIT for st in stalls)]
+    late = [a.sent for a in clients.answers if a.status == 503 and not any(
+        st["frozen_at"] <= a.sent <= st["thawed_at"] + RECOVERY_LIMIT for st in stalls)]
     assert not late, f"{len(late)} request(s) refused outside the stalls and their recovery"
 
     # Never a 200 whose spans went missing: plain DuckDB over the files, then the store's views.
