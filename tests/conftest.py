@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -44,11 +45,8 @@ class Server:
         env = {**os.environ, **self.env}
         started = time.monotonic()
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "msgtrace", "ingest", "--port", str(self.port), "--data-dir",
-                 str(self.data_dir), "--log-level", "warning"],
-                env=env, stdout=log, stderr=subprocess.STDOUT,
-            )
+            self.proc = subprocess.Popen(self.command(), env=env, stdout=log, stderr=subprocess.STDOUT,
+                                         pass_fds=self.pass_fds())
         while time.monotonic() - started < timeout:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}")
@@ -59,6 +57,14 @@ class Server:
                 pass
             time.sleep(0.05)
         raise TimeoutError(f"server did not answer within {timeout}s: {self.log.read_text()[-2000:]}")
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "msgtrace", "ingest", "--port", str(self.port), "--data-dir",
+                str(self.data_dir), "--log-level", "warning"]
+
+    def pass_fds(self) -> tuple[int, ...]:
+        """File descriptors the server process inherits (none: it binds its own socket)."""
+        return ()
 
     def stop(self, timeout: float = 30.0) -> int:
         assert self.proc is not None
@@ -78,6 +84,21 @@ class Server:
 
     def post(self, path: str, body: bytes, headers: dict[str, str], timeout: float = 30.0) -> httpx.Response:
         return httpx.post(f"{self.url}{path}", content=body, headers=headers, timeout=timeout)
+
+
+@contextmanager
+def running_server(factory: pytest.TempPathFactory, name: str, env: dict[str, str] | None = None
+                   ) -> Iterator[Server]:
+    """A server on a fresh data directory, for a module-scoped fixture; stopped (which flushes) at the end."""
+    data_dir = factory.mktemp(name) / "data"
+    data_dir.mkdir()
+    server = Server(data_dir, env=env)
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.proc is not None:
+            server.stop()
 
 
 @pytest.fixture

@@ -184,25 +184,12 @@ class SupervisedServer(Server):
         self.sock.listen(128)
         super().__init__(data_dir, port=self.sock.getsockname()[1], env=env)
 
-    def start(self, timeout: float = 20.0) -> float:
-        env = {**os.environ, **self.env}
-        started = time.monotonic()
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-c", self.LAUNCH, str(self.sock.fileno()), "ingest", "--port", str(self.port),
-                 "--data-dir", str(self.data_dir), "--log-level", "warning"],
-                env=env, stdout=log, stderr=subprocess.STDOUT, pass_fds=(self.sock.fileno(),),
-            )
-        while time.monotonic() - started < timeout:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1.0).status_code == 200:
-                    return time.monotonic() - started
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise TimeoutError(f"server did not answer within {timeout}s: {self.log.read_text()[-2000:]}")
+    def command(self) -> list[str]:
+        return [sys.executable, "-c", self.LAUNCH, str(self.sock.fileno()), "ingest", "--port", str(self.port),
+                "--data-dir", str(self.data_dir), "--log-level", "warning"]
+
+    def pass_fds(self) -> tuple[int, ...]:
+        return (self.sock.fileno(),)
 
     def close(self) -> None:
         self.sock.close()

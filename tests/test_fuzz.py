@@ -51,7 +51,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from msgtrace.schema import COST_PARTS, LLM_FIELDS
 from msgtrace.synthetic import build_workload
-from tests.conftest import CAPTURES, Server, capture
+from tests.conftest import CAPTURES, Server, capture, running_server
 
 STRESS = os.environ.get("MSGTRACE_STRESS", "") not in ("", "0")
 SCALE = 10 if STRESS else 1
@@ -93,14 +93,10 @@ class Ledger:
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    data_dir = tmp_path_factory.mktemp("fuzz") / "data"
-    data_dir.mkdir()
-    server = Server(data_dir, env={"MSGTRACE_MAX_REQUEST_BYTES": str(LIMIT), "MSGTRACE_QUERY_MAX_ROWS": "2000000",
-                                   "MSGTRACE_FLUSH_INTERVAL": "1"})
-    server.start()
-    yield server
-    if server.proc is not None:
-        server.stop()
+    with running_server(tmp_path_factory, "fuzz", env={
+            "MSGTRACE_MAX_REQUEST_BYTES": str(LIMIT), "MSGTRACE_QUERY_MAX_ROWS": "2000000",
+            "MSGTRACE_FLUSH_INTERVAL": "1"}) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

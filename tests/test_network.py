@@ -22,7 +22,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from msgtrace.config import DEFAULT_HOST, IngestConfig
 from msgtrace.server import hosts
 from msgtrace.server.errors import CODES
-from tests.conftest import Server
+from tests.conftest import Server, running_server
 
 PROTOBUF = {"content-type": "application/x-protobuf"}
 LOCAL_HOSTS = ["127.0.0.1", "127.0.0.1:{port}", "localhost", "localhost:{port}", "LOCALHOST:{port}",
@@ -39,13 +39,8 @@ def _url_host(host: str, port: int) -> str:
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    data_dir = tmp_path_factory.mktemp("network") / "data"
-    data_dir.mkdir()
-    server = Server(data_dir)  # no --host, no MSGTRACE_HOST: the defaults
-    server.start()
-    yield server
-    if server.proc is not None:
-        server.stop()
+    with running_server(tmp_path_factory, "network") as server:  # no --host, no MSGTRACE_HOST: the defaults
+        yield server
 
 
 def _span_request(trace_id: bytes) -> bytes:

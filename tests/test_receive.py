@@ -20,7 +20,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-from tests.conftest import Server, capture, parquet_glob
+from tests.conftest import Server, capture, parquet_glob, running_server
 
 PROTOBUF = {"Content-Type": "application/x-protobuf"}
 JSON = {"Content-Type": "application/json"}
@@ -28,13 +28,8 @@ JSON = {"Content-Type": "application/json"}
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    data_dir = tmp_path_factory.mktemp("receive") / "data"
-    data_dir.mkdir()
-    server = Server(data_dir)
-    server.start()
-    yield server
-    if server.proc is not None:
-        server.stop()
+    with running_server(tmp_path_factory, "receive") as server:
+        yield server
 
 
 def _request(n: int = 3, first: int = 1) -> ExportTraceServiceRequest:
