@@ -23,7 +23,10 @@ from msgtrace.config import DEFAULT_HOST, DEFAULT_PORT, FSYNC_POLICIES, IngestCo
 from msgtrace.errors import DataDirLocked, MsgtraceError
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from msgtrace.query.store import Store
+    from msgtrace.storage.compactor import Compactor
 
 app = typer.Typer(
     name="msgtrace",
@@ -323,7 +326,7 @@ def clear(
 
 # --- upkeep: the writer's work, so it needs the data directory's lock (no server running on it) ---------------------
 @contextmanager
-def _writer(data_dir: Path | None, grace: float | None, workers: int = 1) -> Iterator[tuple[Path, object]]:
+def _writer(data_dir: Path | None, grace: float | None, workers: int = 1) -> Iterator[tuple[Path, Compactor]]:
     """Take the store's lock and give a Compactor over it; a running server on it is a one-line error."""
     from msgtrace.storage.compactor import Compactor
     from msgtrace.storage.layout import StoreLayout
@@ -369,13 +372,13 @@ def compact(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     with _writer(data_dir, grace, workers) as (path, compactor):
-        plans = compactor.plan(force=True)  # type: ignore[attr-defined]
+        plans = compactor.plan(force=True)
         total = sum(p.rows for p in plans)
         with Progress(TextColumn("compacting"), BarColumn(), MofNCompleteColumn(), TextColumn("spans"),
                       TimeRemainingColumn(), transient=True, disable=json_out or not sys.stderr.isatty(),
                       console=_stderr_console()) as progress:
             task = progress.add_task("compact", total=total)
-            report = compactor.run(plans=plans, progress=lambda n: progress.advance(task, n))  # type: ignore[attr-defined]
+            report = compactor.run(plans=plans, progress=lambda n: progress.advance(task, n))
     summary = report.as_dict()
     if json_out:
         typer.echo(json.dumps(summary))
@@ -408,12 +411,12 @@ def prune(
                 confirmed = False
             if not confirmed:
                 fail("nothing dropped", code=1)
-        report = compactor.prune(cutoff)  # type: ignore[attr-defined]
+        report = compactor.prune(cutoff)
     days = ", ".join(report.days) if report.days else "none"
     typer.echo(f"dropped {len(report.days)} day(s) ({days}): {report.files:,} file(s), {report.spans:,} spans")
 
 
-def _stderr_console():  # type: ignore[no-untyped-def]
+def _stderr_console() -> Console:
     from rich.console import Console
 
     return Console(stderr=True)

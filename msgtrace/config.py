@@ -10,7 +10,10 @@ import dataclasses
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from msgtrace.storage.compactor import CompactionSettings
 
 FsyncPolicy = Literal["always", "batch", "none"]
 FSYNC_POLICIES: tuple[str, ...] = ("always", "batch", "none")
@@ -78,8 +81,8 @@ class IngestConfig:
     compaction_grace_seconds: float = 600.0
     retention_days: int = 0  # keep today and the N previous UTC days; 0 keeps everything
 
-    def compaction_settings(self):  # type: ignore[no-untyped-def]
-        from msgtrace.storage.compactor import CompactionSettings
+    def compaction_settings(self) -> CompactionSettings:
+        from msgtrace.storage.compactor import CompactionSettings  # storage imports config, not the reverse
 
         return CompactionSettings(target_rows=self.compaction_target_rows,
                                   settle_seconds=self.compaction_settle_seconds,

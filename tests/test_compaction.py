@@ -188,13 +188,11 @@ def test_tiered_compaction_bounds_the_files_of_a_day_under_continuous_ingest(dat
 def test_queries_never_fail_lose_or_duplicate_rows_while_compaction_and_ingest_run(data_dir: Path) -> None:
     """The issue's test: 1,000 queries from 4 threads during ingest and compaction (with deletions of the replaced
     files after a short grace period): no error, the span count never goes down, never a duplicate row."""
-    config = IngestConfig(data_dir=data_dir, flush_interval=0.05, compaction_interval=0.1,
-                          compaction_settle_seconds=0.3, compaction_grace_seconds=1.0,
-                          compaction_target_rows=3_000)
-    ingestor = Ingestor(config)
-    ingestor.start()
-    ingestor.maintenance.compactor.settings = CompactionSettings(  # type: ignore[misc]
+    ingestor = Ingestor(IngestConfig(data_dir=data_dir, flush_interval=0.05, compaction_interval=0.1))
+    # Small size classes and short settle/grace times, so merges, swaps and deletions all happen under the queries.
+    ingestor.maintenance.compactor.settings = CompactionSettings(
         target_rows=3_000, base_rows=128, fanout=3, settle_seconds=0.3, grace_seconds=1.0)
+    ingestor.start()
     bodies = build_workload(400 * 64, 64, seed=11).bodies
     stop = threading.Event()
     errors: list[BaseException] = []

@@ -25,15 +25,14 @@ Flushed parts whose WAL range is past the checkpoint are never touched: a replay
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import datetime as dt
 import math
-import os
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -86,16 +85,11 @@ class Part:
 @dataclass(frozen=True)
 class DayPlan:
     day: int
-    reason: str  # "tiered" | "settled" | "deletes"
     inputs: tuple[Part, ...]
 
     @property
     def rows(self) -> int:
         return sum(p.rows for p in self.inputs)
-
-    @property
-    def date(self) -> str:
-        return day_to_date(self.day).isoformat()
 
 
 @dataclass
@@ -109,10 +103,13 @@ class CompactionReport:
     dropped_deleted: int = 0
     purged_files: int = 0
     seconds: float = 0.0
-    plans: list[DayPlan] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
-        return {k: v for k, v in self.__dict__.items() if k != "plans"}
+        return dataclasses.asdict(self)
+
+    def add(self, other: CompactionReport) -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
 
 @dataclass(frozen=True)
@@ -140,7 +137,6 @@ class Compactor:
         self._rows: dict[Path, int] = {}  # footers read once per part: parts never change under one name
         self._clean: dict[Path, str] = {}  # part → newest tombstone file it is known to hold no deleted trace of
         self._lock = threading.Lock()  # one compaction at a time (background thread vs. an explicit call)
-        self._retire_lock = threading.Lock()  # retired.json is read, changed and written by one thread at a time
         self.last: CompactionReport | None = None
         self.totals = CompactionReport()
 
@@ -185,12 +181,11 @@ class Compactor:
             rows = sum(p.rows for p in parts)
             final_files = max(1, math.ceil(rows / s.target_rows))
             settled = force or now - max(p.mtime for p in parts) >= s.settle_seconds
-            if day in deleted_days:
-                plans.append(DayPlan(day, "deletes", tuple(parts)))
-            elif settled and (len(parts) > final_files or not all(p.compacted for p in parts)):
-                plans.append(DayPlan(day, "settled", tuple(parts)))
+            unfinished = len(parts) > final_files or not all(p.compacted for p in parts)
+            if day in deleted_days or (settled and unfinished):  # the whole day, into its final layout
+                plans.append(DayPlan(day, tuple(parts)))
             elif (group := self._tier_group(parts)) is not None:
-                plans.append(DayPlan(day, "tiered", group))
+                plans.append(DayPlan(day, group))
         return plans
 
     def _tier_group(self, parts: list[Part]) -> tuple[Part, ...] | None:
@@ -241,8 +236,7 @@ class Compactor:
         with self._lock:
             cutoff = date_to_day(before)
             doomed = [p for p in self.parts() if p.day < cutoff]
-            with self._retire_lock:
-                retired.retire(self.layout, [p.path for p in doomed])
+            retired.retire(self.layout, [p.path for p in doomed])
             for part in doomed:
                 self._rows.pop(part.path, None)
             purged = retired.purge(self.layout, self.settings.grace_seconds)
@@ -261,12 +255,8 @@ class Compactor:
                 self._run_plans(plans, report, progress)
             report.purged_files = retired.purge(self.layout, self.settings.grace_seconds)
             report.seconds = time.monotonic() - started
-            report.plans = plans
             self.last = report
-            t = self.totals
-            for name in ("days", "input_files", "output_files", "input_rows", "output_rows", "dropped_duplicates",
-                         "dropped_deleted", "purged_files", "seconds"):
-                setattr(t, name, getattr(t, name) + getattr(report, name))
+            self.totals.add(report)
             return report
 
     def _run_plans(self, plans: list[DayPlan], report: CompactionReport, progress: Progress | None) -> None:
@@ -466,9 +456,3 @@ def _write(table: pa.Table, order: pa.Array, path: Path, s: CompactionSettings) 
             chunk = table.take(order.slice(start, s.row_group_rows))
             writer.write_table(chunk.cast(SPAN_SCHEMA) if chunk.schema != SPAN_SCHEMA else chunk,
                                row_group_size=s.row_group_rows)
-
-
-def lower_priority() -> None:
-    """Run the calling thread at a lower CPU priority (Linux: per thread), so ingest keeps the CPU it needs."""
-    with contextlib.suppress(AttributeError, OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)

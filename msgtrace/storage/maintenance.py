@@ -6,13 +6,15 @@ server); ``msgtrace compact`` and ``msgtrace prune`` do the same work on demand 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
 
 from msgtrace.config import IngestConfig
-from msgtrace.storage.compactor import Compactor, lower_priority, retention_cutoff
+from msgtrace.storage.compactor import Compactor, retention_cutoff
 from msgtrace.storage.layout import StoreLayout
 
 log = logging.getLogger("msgtrace.maintenance")
@@ -84,3 +86,9 @@ class Maintenance:
             "errors": self.errors,
             "last_error": self.last_error,
         }
+
+
+def lower_priority() -> None:
+    """Run the calling thread at a lower CPU priority (Linux: per thread), so ingest keeps the CPU it needs."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
