@@ -30,7 +30,10 @@ from tests.conftest import Server
 
 DAY_NS = 86_400 * 10**9
 MSGTRACE = str(Path(sys.executable).parent / "msgtrace")
-NOW_NS = time.time_ns()
+# The workload of day d lies in the 12 hours before NOW_NS - d days. NOW_NS is 23:00 UTC today (up to 23 h ahead,
+# within the partition window), so each day's traces stay within one date, today's among them, whatever the time of
+# day the tests run at (at 00:15 UTC "the 12 hours before now" spans two dates).
+NOW_NS = time.time_ns() // DAY_NS * DAY_NS + 23 * 3_600 * 10**9
 
 
 def fill(data_dir: Path, *, days: int = 3, spans_per_day: int = 6_000, flush_every: int = 2,

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from msgtrace.config import default_data_dir
 from msgtrace.errors import MsgtraceError
-from msgtrace.query.engine import LiveSource, QueryEngine, QueryResult, named_query
+from msgtrace.query.engine import LiveSource, QueryEngine, QueryResult, named_query, quote_literal
 from msgtrace.query.options import STATS_DIMENSIONS, TRACE_SORTS
 from msgtrace.storage.deletes import write_tombstone
 
@@ -152,8 +152,11 @@ class Store:
                      until: dt.datetime | str | None = None) -> QueryResult:
         if by not in STATS_DIMENSIONS:
             raise InvalidArgument(f"by must be one of {', '.join(STATS_DIMENSIONS)}, not {by!r}")
-        result = self.engine.run("SELECT * FROM stats($by, $since, $until)",
-                                 {"by": by, "since": _timestamp(since, "since"), "until": _timestamp(until, "until")})
+        # The dimension goes in as a literal (from the fixed list above): DuckDB then plans only the branch it
+        # needs (traces or spans), not both (stats by workflow at 10M spans: 583 → 438 ms, all; 334 → 266 ms,
+        # last day; 2 cores under load).
+        result = self.engine.run(f"SELECT * FROM stats({quote_literal(by)}, $since, $until)",
+                                 {"since": _timestamp(since, "since"), "until": _timestamp(until, "until")})
         table = result.table.rename_columns([by, *result.table.column_names[1:]])
         return QueryResult(table, result.truncated, result.elapsed_ms)
 
