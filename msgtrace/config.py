@@ -67,7 +67,8 @@ class IngestConfig:
     # --- request limits ---------------------------------------------------------------------------------------
     max_request_bytes: int = 64 * MiB  # on the wire, and again after decompression (OTLP spec recommendation)
     max_inflight_bytes: int = 256 * MiB  # request bodies being read or decoded at once; above it, 503
-    max_attribute_value_bytes: int = 1 * MiB  # longer strings/bytes are cut with a marker (prompts fit)
+    # Longer strings (in UTF-8 bytes) and bytes values are cut with a marker (prompts fit): ingest/truncation.py.
+    max_attribute_value_bytes: int = 1 * MiB
 
     # --- queries ----------------------------------------------------------------------------------------------
     query_timeout: float = 10.0  # seconds before a query is interrupted (504)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from msgtrace.ingest.truncation import Truncator
 from msgtrace.schema import (
     ATTR_VALUE,
     ATTRIBUTES,
@@ -31,7 +32,6 @@ from msgtrace.schema import (
 )
 
 _INT64_MAX = (1 << 63) - 1
-_TRUNCATION_MARKER = "…[truncated by msgtrace: {kept} of {total} {unit} kept]"
 # attribute key → (LLM column, priority); lower priority wins when a span sends several conventions at once.
 _KEY_FIELD: dict[str, tuple[str, int]] = {}
 for _field, _keys in LLM_FIELDS.items():
@@ -46,29 +46,6 @@ _LLM_SCALARS = frozenset({"string", "int", "double", "bool"})
 ROW_FIELDS = ("trace_id", "span_id", "parent_span_id", "trace_state", "flags", "name", "kind",
               "start_time_unix_nano", "end_time_unix_nano", "status_code", "status_message",
               "dropped_attributes_count", "dropped_events_count", "dropped_links_count")
-
-
-class Truncator:
-    """Cuts a string or bytes value longer than ``limit`` and marks it (the span is never dropped); counts cuts."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.count = 0
-
-    def __call__(self, value):  # type: ignore[no-untyped-def]
-        limit = self.limit
-        if value is None or len(value) <= limit:
-            return value
-        self.count += 1
-        if isinstance(value, bytes):
-            return value[:limit] + _TRUNCATION_MARKER.format(kept=limit, total=len(value), unit="bytes").encode()
-        return value[:limit] + _TRUNCATION_MARKER.format(kept=limit, total=len(value), unit="characters")
-
-    def many(self, values):  # type: ignore[no-untyped-def]
-        """``values`` with every over-long one cut; the same list when none is (the common case, checked in C)."""
-        if not values or max(map(len, values)) <= self.limit:
-            return values
-        return [self(v) for v in values]
 
 
 class AttrSink:
