@@ -45,8 +45,10 @@ def check_trace_id(trace_id: str) -> str:
 
 class Store:
     def __init__(self, data_dir: Path | str | None = None, *, live: LiveSource | None = None,
-                 timeout: float = 30.0, max_rows: int = 100_000) -> None:
+                 timeout: float = 30.0, max_rows: int = 100_000, max_trace_spans: int = 100_000) -> None:
         self.data_dir = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+        # One trace is answered whole up to max_trace_spans spans, whatever the row cap of other queries.
+        self.max_trace_spans = max_trace_spans
         self.engine = QueryEngine(self.data_dir, live=live, timeout=timeout, max_rows=max_rows)
         self._snapshot: Any = None  # the cursor behind LazyFrames; see refresh()
 
@@ -118,7 +120,8 @@ class Store:
 
     def trace_result(self, trace_id: str) -> QueryResult:
         tid = check_trace_id(trace_id)
-        result = self.engine.run(named_query("trace_spans"), {"trace_id": tid}, trace_id=tid)
+        result = self.engine.run(named_query("trace_spans"), {"trace_id": tid}, trace_id=tid,
+                                 max_rows=self.max_trace_spans)
         if not result.table.num_rows:
             raise TraceNotFound(f"no trace with id {trace_id.lower()}")
         return result
@@ -129,7 +132,8 @@ class Store:
 
     def tree_result(self, trace_id: str) -> QueryResult:
         tid = check_trace_id(trace_id)
-        result = self.engine.run("SELECT * FROM span_tree($trace_id)", {"trace_id": tid}, trace_id=tid)
+        result = self.engine.run("SELECT * FROM span_tree($trace_id)", {"trace_id": tid}, trace_id=tid,
+                                 max_rows=self.max_trace_spans)
         if not result.table.num_rows:
             raise TraceNotFound(f"no trace with id {trace_id.lower()}")
         return result

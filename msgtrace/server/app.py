@@ -99,7 +99,7 @@ def create_app(ingestor: Ingestor) -> FastAPI:
         from msgtrace.query.store import Store
 
         return Store(config.data_dir, live=ingestor.live_table, timeout=config.query_timeout,
-                     max_rows=config.query_max_rows)
+                     max_rows=config.query_max_rows, max_trace_spans=config.query_max_trace_spans)
 
     app.state.store = LazyStore(make_store)
     errors.install(app)
