@@ -28,6 +28,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from msgtrace.schema import within_window
+
 if TYPE_CHECKING:
     import pyarrow as pa
 
@@ -217,6 +219,12 @@ def fmt_ms(ms: float | None) -> str:
     return f"{ms:.3f} ms"
 
 
+def fmt_duration(ms: float | None) -> str:
+    """A span's or trace's duration; one whose end precedes its start (a client's clock, stored raw) says so
+    instead of showing a negative time."""
+    return "end < start" if ms is not None and ms < 0 else fmt_ms(ms)
+
+
 def fmt_int(value: int | None) -> str:
     return "" if value is None else f"{value:,}"
 
@@ -330,7 +338,7 @@ def trace_list(traces: list[dict[str, Any]], *, limit: int, offset: int) -> None
             Text(t.get("workflow") or ""), Text(t.get("service_name") or "", style="dim"),
             Text(fmt_int(t.get("span_count"))),
             Text(fmt_int(errors), style="bold red") if errors else Text("0", style="dim"),
-            Text(fmt_ms(t.get("duration_ms"))), Text(fmt_int(t.get("total_tokens"))),
+            Text(fmt_duration(t.get("duration_ms"))), Text(fmt_int(t.get("total_tokens"))),
             Text(fmt_cost(t.get("cost"), decimals)),
         ])
     columns: list[Column] = [
@@ -355,7 +363,7 @@ def trace_tree(summary: dict[str, Any], spans: list[dict[str, Any]], *, attribut
     bar_width = 40 if width >= 160 else 30 if width >= 130 else 20 if width >= 100 else 16
     start, end = _time_axis(summary, spans)
     decimals = _cost_decimals(span.get("cost") for span in spans)
-    cells = [[_label(span, guide), _bar(span, start, end, bar_width), Text(fmt_ms(span.get("duration_ms"))),
+    cells = [[_label(span, guide), _bar(span, start, end, bar_width), Text(fmt_duration(span.get("duration_ms"))),
               _status(span.get("status_code")), Text(span.get("model") or "", style="magenta"),
               Text(fmt_int(_tokens(span))), Text(fmt_cost(span.get("cost"), decimals))]
              for span, guide in zip(spans, _guides(spans), strict=True)]
@@ -382,12 +390,11 @@ def _header(summary: dict[str, Any]) -> Text:
     if summary.get("service_name"):
         head.append("  ·  ").append(summary["service_name"], style="dim")
     head.append("\n")
-    parts: list[Text] = [
-        Text(f"started {fmt_time(summary.get('start_time'), 3)} UTC"),
-        Text(fmt_ms(summary.get("duration_ms")), style="bold"),
-        Text(_plural(summary.get("span_count") or 0, "span")),
-        Text(_plural(errors, "error"), style="bold red" if errors else "green"),
-    ]
+    parts: list[Text] = [Text(f"started {fmt_time(summary.get('start_time'), 3)} UTC")]
+    if summary.get("duration_ms") is not None:  # none when a time is past what a timestamp holds (year 2262)
+        parts.append(Text(fmt_duration(summary["duration_ms"]), style="bold"))
+    parts += [Text(_plural(summary.get("span_count") or 0, "span")),
+              Text(_plural(errors, "error"), style="bold red" if errors else "green")]
     if summary.get("total_tokens") is not None:
         parts.append(Text(f"{fmt_int(summary['total_tokens'])} tokens"))
     if summary.get("cost") is not None:
@@ -401,11 +408,28 @@ def _header(summary: dict[str, Any]) -> Text:
 
 
 def _time_axis(summary: dict[str, Any], spans: list[dict[str, Any]]) -> tuple[int, int]:
-    starts = [s["start_time_unix_nano"] for s in spans if s.get("start_time_unix_nano") is not None]
-    ends = [s["end_time_unix_nano"] for s in spans if s.get("end_time_unix_nano") is not None]
+    """The first and last time of the trace's timeline. Times a clock got far wrong (:func:`_off_clock`) are left
+    out unless all are: one span starting at 0 stretched the axis over 56 years and squeezed every other bar into
+    one character. Their bars are pinned to the axis' edges."""
+    starts = [s["start_time_unix_nano"] for s in spans if not _off_clock(s, "start_time_unix_nano")]
+    ends = [s["end_time_unix_nano"] for s in spans if not _off_clock(s, "end_time_unix_nano")]
+    if not starts:
+        starts = [s["start_time_unix_nano"] for s in spans if s.get("start_time_unix_nano") is not None]
+        ends = [s["end_time_unix_nano"] for s in spans if s.get("end_time_unix_nano") is not None]
     start = min(starts, default=summary.get("start_time_unix_nano") or 0)
     end = max([*ends, *starts], default=start)
     return start, end
+
+
+def _off_clock(span: dict[str, Any], column: str) -> bool:
+    """Whether the span's time in ``column`` is missing or lies outside the partition window around the span's day
+    (:func:`msgtrace.schema.within_window`): a client clock at 0, in year 2200, an end never set."""
+    value, day = span.get(column), span.get("date")
+    if value is None:
+        return True
+    if not day:
+        return False
+    return not within_window(value, (dt.date.fromisoformat(day) - dt.date(1970, 1, 1)).days)
 
 
 def _guides(spans: list[dict[str, Any]]) -> list[str]:
@@ -435,6 +459,8 @@ def _label(span: dict[str, Any], guide: str) -> Text:
     label = Text(guide, style="dim").append(span.get("name") or "(unnamed)", style=style)
     if span.get("orphan"):
         label.append(" ⚠ parent missing", style="yellow")
+    if _off_clock(span, "start_time_unix_nano") or _off_clock(span, "end_time_unix_nano"):
+        label.append(" ⚠ clock off", style="yellow")
     return label
 
 

@@ -149,3 +149,10 @@ def partition_day(start_time_unix_nano: int, received_unix_nano: int) -> int:
     if received_unix_nano - PAST_WINDOW_NS <= start_time_unix_nano <= received_unix_nano + FUTURE_WINDOW_NS:
         return start_time_unix_nano // NANOS_PER_DAY
     return received_unix_nano // NANOS_PER_DAY
+
+
+def within_window(time_unix_nano: int, day: int) -> bool:
+    """Whether a time lies in the partition window around partition day ``day`` (to within a day: the receipt time
+    itself is not stored). False for clocks that are off by far more: a start of 0 (1970), year 2200, an end never
+    set. Readers use it to keep such times from stretching a timeline over decades; the times stay stored raw."""
+    return day * NANOS_PER_DAY - PAST_WINDOW_NS <= time_unix_nano < (day + 1) * NANOS_PER_DAY + FUTURE_WINDOW_NS

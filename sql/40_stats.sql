@@ -2,11 +2,14 @@
 --   dimension = 'workflow' | 'day'            one row per workflow / UTC day, counting traces (runs)
 --   dimension = 'model' | 'service' | 'name'  one row per model / service / span name, counting spans
 -- count, errors, error_rate, p50/p95/p99 duration (ms), input/output/total tokens, cost.
+-- A negative duration (a client clock sent an end before the start; stored raw) is counted but left out of the
+-- percentiles: it is no duration at all, and one -300 ms span made a name's p50 negative.
 CREATE OR REPLACE MACRO stats(dimension, since, until) AS TABLE
 WITH
     runs AS (
         SELECT CASE dimension WHEN 'workflow' THEN workflow ELSE CAST(CAST(start_time AS DATE) AS VARCHAR) END AS key,
-               status = 'ERROR' AS is_error, duration_ms, input_tokens, output_tokens, total_tokens, cost
+               status = 'ERROR' AS is_error, CASE WHEN duration_ms >= 0 THEN duration_ms END AS duration_ms,
+               input_tokens, output_tokens, total_tokens, cost
         FROM traces
         WHERE dimension IN ('workflow', 'day')
           AND (since IS NULL OR start_time >= CAST(since AS TIMESTAMP))
@@ -14,7 +17,8 @@ WITH
     ),
     calls AS (
         SELECT CASE dimension WHEN 'model' THEN model WHEN 'service' THEN service_name ELSE name END AS key,
-               is_error, duration_ms, input_tokens, output_tokens, total_tokens, cost
+               is_error, CASE WHEN duration_ms >= 0 THEN duration_ms END AS duration_ms,
+               input_tokens, output_tokens, total_tokens, cost
         FROM spans
         WHERE dimension IN ('model', 'service', 'name')
           AND (dimension <> 'model' OR model IS NOT NULL)

@@ -381,7 +381,8 @@ async def get_tree(request: Request, trace_id: str = TraceIdPath) -> Response:
                 "and `day` count traces (runs; a trace's day is the UTC date of its start); `model`, `service` and "
                 "`name` count spans (spans without a model are left out of `by=model`). The first column of each "
                 "row is named after `by`. `since`/`until` bound the start time (of the trace or span) as "
-                "[since, until).",
+                "[since, until). A negative duration (a client sent an end before the start) is counted but left "
+                "out of the percentiles.",
     responses={**_ok("The aggregates.", {"by": "model", "truncated": False, "rows": [
         {"model": "gpt-4o", "count": 812, "errors": 12, "error_rate": 0.0148, "p50_ms": 950.1, "p95_ms": 2410.7,
          "p99_ms": 3990.2, "input_tokens": 1200000, "output_tokens": 98000, "total_tokens": 1298000,
