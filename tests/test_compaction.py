@@ -104,7 +104,10 @@ def test_compaction_merges_each_day_drops_duplicates_and_deleted_traces_and_chan
         data_dir, f"SELECT count(DISTINCT span_id), count(*) FROM files WHERE trace_id = '{victim}'")
     expected = answers(store)
 
-    settings = CompactionSettings(target_rows=4_000, grace_seconds=3600, workers=2)
+    # merge_rows below target_rows: each output is merged in several trace-id pieces from staged inputs, its row
+    # groups carried across pieces.
+    settings = CompactionSettings(target_rows=4_000, merge_rows=1_500, row_group_rows=1_024, grace_seconds=3600,
+                                  workers=2)
     report = Compactor(layout, settings).run(force=True)
     assert report.input_files == len(before_files) and report.days == 3
     # Deleted rows are dropped first (their duplicates included), then the duplicates of the rest.
@@ -136,7 +139,8 @@ def test_compaction_merges_each_day_drops_duplicates_and_deleted_traces_and_chan
             assert ids == sorted(ids), "a compacted file is sorted by trace id"
             ranges.append((ids[0], ids[-1]))
             meta = pq.ParquetFile(path).metadata
-            assert all(meta.row_group(i).num_rows <= settings.row_group_rows for i in range(meta.num_row_groups))
+            sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+            assert sizes[:-1] == [settings.row_group_rows] * (len(sizes) - 1) and sizes[-1] <= settings.row_group_rows
         assert all(a[1] < b[0] for a, b in zip(ranges, ranges[1:], strict=False)), "files hold disjoint id ranges"
 
     # Past the grace period the replaced files are deleted; the plain glob a shell user reads is then exact too.

@@ -15,6 +15,7 @@
                                              readers until deleted after a grace period (msgtrace.storage.retired)
       deletes/<time>-<pid>-<id>.parquet      tombstones: trace ids hidden from every view (msgtrace.storage.deletes)
       quarantine/                            temp files, unreadable parts and corrupt WAL segments moved aside
+      staging/                               a running compaction's decoded inputs (Arrow IPC), deleted after it
 
 Readers glob ``spans/*/*.parquet`` minus the retired parts: a file is only ever visible there under its final name
 once complete.
@@ -60,6 +61,10 @@ class StoreLayout:
     @property
     def quarantine_dir(self) -> Path:
         return self.root / "quarantine"
+
+    @property
+    def staging_dir(self) -> Path:
+        return self.root / "staging"
 
     @property
     def lock_path(self) -> Path:
