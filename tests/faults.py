@@ -1,5 +1,5 @@
-"""Shared by the fault tests (test_disk_full, test_stall, test_exporters_trouble): a real filesystem to fill up or
-freeze, and the count of what the store holds, read with plain DuckDB.
+"""Shared by the fault tests (test_disk_full, test_stall, test_exporters_trouble, test_burst): a real filesystem to
+fill up or freeze, the count of what the store holds, read with plain DuckDB, and the peak RSS of a server.
 
 :class:`LoopFilesystem` is a loop-mounted ext4 image that a test fills up (disk full) or freezes (a stalled disk),
 with no mocks anywhere between the server and the kernel.
@@ -12,6 +12,8 @@ with no mocks anywhere between the server and the kernel.
     with fs.frozen(limit=30):   # fsfreeze: writes block (the writer sits in D state) until thawed
         ...
     fs.unmount()
+    with LoopFilesystem(...) as fs:   # mount() ... unmount()
+        ...
 
 Mounting needs root and a loop device; where either is missing the test is skipped with the reason. A freeze is
 held by a helper process that thaws the filesystem by itself after ``limit`` seconds, so a test that dies (or a
@@ -20,6 +22,7 @@ pytest that is killed) never leaves a process stuck on a frozen disk for longer 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -27,15 +30,18 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
 import duckdb
 import httpx
+import psutil
 import pytest
 
+import msgtrace
 from msgtrace.storage.layout import StoreLayout
 from msgtrace.storage.retired import visible_parts
 
@@ -68,6 +74,13 @@ class LoopFilesystem:
         self._run_or_skip(["mount", "-o", "loop,noatime", str(self.image), str(self.mountpoint)])
         self.mounted = True
         (self.mountpoint / "lost+found").rmdir()  # an empty directory the store has no use for
+
+    def __enter__(self) -> LoopFilesystem:
+        self.mount()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.unmount()
 
     def _run_or_skip(self, args: list[str]) -> None:
         proc = subprocess.run(args, capture_output=True, text=True, timeout=60)
@@ -187,6 +200,26 @@ def stored_span_counts(data_dir: Path) -> dict[str, int]:
     return dict(rows)
 
 
+def assert_stored_once(data_dir: Path, acked: Iterable[tuple[int, int]], sent: Iterable[tuple[int, int]],
+                       spans_per_request: int) -> int:
+    """Every acknowledged request stored whole, exactly once, and nothing that was not sent: plain DuckDB over the
+    files, then the store's own ``spans`` view. A request is named by its spans' ids: (client + 1, request number)
+    in their first 5 bytes. Returns how many spans are stored."""
+    counts = {bytes.fromhex(span_id): n for span_id, n in stored_span_counts(data_dir).items()}
+    twice = [k.hex() for k, n in counts.items() if n != 1]
+    assert not twice, f"{len(twice)} span(s) stored more than once, e.g. {twice[:3]}"
+    per_request = Counter((k[0] - 1, int.from_bytes(k[1:5], "big")) for k in counts)
+    missing = set(acked) - set(per_request)
+    assert not missing, f"{len(missing)} acknowledged request(s) lost, e.g. {sorted(missing)[:3]}"
+    unsent = set(per_request) - set(sent)
+    assert not unsent, f"{len(unsent)} request(s) stored that were never sent or were refused, e.g. {sorted(unsent)[:3]}"
+    assert set(per_request.values()) <= {spans_per_request}  # whole requests only
+    with msgtrace.open(data_dir) as store:
+        viewed = store.query("SELECT count(*) AS n, count(DISTINCT span_id) AS d FROM spans").table.to_pylist()
+    assert viewed == [{"n": len(counts), "d": len(counts)}]
+    return len(counts)
+
+
 def check_parts_readable(data_dir: Path) -> int:
     """Open every file under ``spans/`` with plain DuckDB (a torn file fails here); returns how many there are."""
     parts = sorted((data_dir / "spans").glob("*/*.parquet"))
@@ -266,3 +299,38 @@ class LoadClients:
     def served_since(self, t: float) -> int:
         """How many clients got a 200 after ``t``."""
         return len({c for (c, _), at in self.acked.items() if at > t})
+
+
+class RssSampler(threading.Thread):
+    """Peak RSS of a process and its children, sampled every ``interval`` seconds until :meth:`stop`;
+    ``first`` is the first sample. The children are listed once a second (listing scans all of /proc)."""
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        super().__init__(name="rss-sampler", daemon=True)
+        self.proc = psutil.Process(pid)
+        self.interval = interval
+        self.first = self.peak = self.samples = 0
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        children: list[psutil.Process] = []
+        listed_at = 0.0
+        while not self._halt.is_set():
+            started = time.monotonic()
+            try:
+                if started - listed_at >= 1.0:
+                    children, listed_at = self.proc.children(recursive=True), started
+                rss = self.proc.memory_info().rss
+            except psutil.Error:
+                return
+            for child in children:
+                with contextlib.suppress(psutil.Error):  # a child may have exited since it was listed
+                    rss += child.memory_info().rss
+            self.first = self.first or rss
+            self.peak = max(self.peak, rss)
+            self.samples += 1
+            self._halt.wait(max(0.0, started + self.interval - time.monotonic()))
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join()

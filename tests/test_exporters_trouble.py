@@ -197,12 +197,8 @@ class SupervisedServer(Server):
 
 @pytest.fixture
 def spans_disk(tmp_path: Path) -> Iterator[LoopFilesystem]:
-    fs = LoopFilesystem(image=tmp_path / "spans.img", mountpoint=tmp_path / "data" / "spans", size_mib=64)
-    fs.mount()
-    try:
+    with LoopFilesystem(image=tmp_path / "spans.img", mountpoint=tmp_path / "data" / "spans", size_mib=64) as fs:
         yield fs
-    finally:
-        fs.unmount()
 
 
 def probe(server: Server) -> int:
