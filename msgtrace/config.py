@@ -61,12 +61,25 @@ class IngestConfig:
     flush_bytes: int = 16 * MiB
     buffer_limit_bytes: int = 96 * MiB  # buffered + flushing bytes above which ingest answers 503
     wal_limit_bytes: int = 1024 * MiB  # WAL not yet retired above which ingest answers 503
+    # A WAL write/fsync or a Parquet flush running this long means a hung disk: /health says "degraded" with
+    # storage.stalled, and while the WAL's is, ingest answers 503 instead of leaving requests to wait on it.
+    storage_stall_seconds: float = 5.0
     row_group_spans: int = 32_768
     parquet_compression_level: int = 3
 
     # --- request limits ---------------------------------------------------------------------------------------
     max_request_bytes: int = 64 * MiB  # on the wire, and again after decompression (OTLP spec recommendation)
-    max_inflight_bytes: int = 256 * MiB  # request bodies being read or decoded at once; above it, 503
+    # Request bodies held at once, as sent (being read, or waiting to be decoded); above it, new requests get a 503
+    # before their body is read. Set with the decode gate below from the RSS target of a burst (< 768 MiB with 20
+    # clients sending 20 MiB requests, tests/test_burst.py): ~100 MB idle + these bodies + one request decoding (~6x
+    # its protobuf: upb's copy, the Python values, Arrow) + the buffer and its flush. With 256 MiB and no gate, a
+    # dozen requests decoded at once and the server reached 3.4 GB. A body of unknown length reserves
+    # max_request_bytes. (How long admitted requests may wait: msgtrace/server/admission.py.)
+    max_inflight_bytes: int = 128 * MiB
+    # Requests decompressed and decoded at once; the others wait (holding only their bodies). Decoding holds the
+    # GIL most of the time (benchmarks/README.md: per-attribute walk and Arrow build), so a second one at once adds
+    # memory, not speed.
+    decode_concurrency: int = 1
     # Longer strings (in UTF-8 bytes) and bytes values are cut with a marker (prompts fit): ingest/truncation.py.
     max_attribute_value_bytes: int = 1 * MiB
 
@@ -118,7 +131,8 @@ class IngestConfig:
             raise ValueError(f"port must be between 1 and 65535, not {self.port}")
         for name in ("query_timeout", "query_max_rows", "query_max_trace_spans", "flush_interval", "flush_bytes",
                      "buffer_limit_bytes", "wal_limit_bytes", "max_request_bytes", "max_inflight_bytes",
-                     "max_attribute_value_bytes", "wal_segment_bytes", "row_group_spans"):
+                     "decode_concurrency", "storage_stall_seconds", "max_attribute_value_bytes", "wal_segment_bytes",
+                     "row_group_spans"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, not {getattr(self, name)}")
         if self.flush_bytes >= self.buffer_limit_bytes:

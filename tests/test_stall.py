@@ -8,6 +8,11 @@ another filesystem, keeps working. Clients keep sending. Then:
 - requests that are accepted are acknowledged fast: p99 < 1 s over the whole run, stall included;
 - within 5 s of the disk thawing, the backlog is flushed and every client is served again.
 
+And a hung disk shown in ``/health`` (the WAL's or the Parquet side's filesystem frozen): ``/health`` keeps answering
+within 100 ms throughout, says ``degraded`` with ``storage.stalled`` once the blocked write/fsync is older than
+``storage_stall_seconds``, a new request then gets a 503 at once when it is the WAL that hangs, and ``/health`` is
+``ok`` again within 5 s of the thaw.
+
 No test hook in the server: the stall is a real frozen filesystem. Without root or loop devices the test is skipped
 with the reason. ``MSGTRACE_STRESS=1`` holds the stall longer and repeats it.
 """
@@ -19,6 +24,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import httpx
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
@@ -33,6 +39,8 @@ SPANS_PER_REQUEST = 200
 PAUSE = 0.01  # between a client's requests
 ACK_P99_LIMIT = 1.0
 RECOVERY_LIMIT = 5.0
+HEALTH_LIMIT = 0.1  # seconds /health may take, hung disk or not
+STALL_SECONDS = 5.0  # storage_stall_seconds (the default)
 MiB = 2**20
 
 BUDGETS = {
@@ -138,4 +146,73 @@ def test_stalled_flush_refuses_with_503_and_recovers(spans_disk: LoopFilesystem,
     assert not late, f"{len(late)} request(s) refused outside the stalls and their recovery"
 
     # Never a 200 whose spans went missing: every acked request stored whole, exactly once.
+    assert assert_stored_once(data_dir, clients.acked, clients.sent, SPANS_PER_REQUEST) > 0
+
+
+@pytest.fixture(params=["wal", "spans"])
+def hung_disk(tmp_path: Path, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """data/wal/ (appends and fsyncs will block) or data/spans/ (the flush will) on its own filesystem."""
+    with LoopFilesystem(image=tmp_path / f"{request.param}.img", mountpoint=tmp_path / "data" / request.param,
+                        size_mib=64) as fs:
+        yield fs
+
+
+def test_health_shows_a_hung_disk(hung_disk: LoopFilesystem) -> None:
+    disk, hung = hung_disk, hung_disk.mountpoint.name
+    data_dir = disk.mountpoint.parent
+    server = Server(data_dir)
+    timings: list[float] = []  # seconds each /health took
+    try:
+        server.start()
+        with httpx.Client(base_url=server.url, timeout=5) as http, \
+                LoadClients(server.url, request_body, 2, 0.05) as clients:
+
+            def health() -> dict:
+                started = time.monotonic()
+                response = http.get("/health")
+                timings.append(time.monotonic() - started)
+                assert response.status_code == 200, response.text
+                return response.json()
+
+            assert clients.wait_for(lambda: len(clients.acked) >= 5, 15), clients.bad[:5]
+            state = health()
+            assert state["storage"]["stalled"] is False
+            # The fields a monitor reads are documented in the endpoint's OpenAPI description.
+            described = http.get("/openapi.json").json()["paths"]["/health"]["get"]["description"]
+            undocumented = [k for k in [*state["storage"], *state["ingest"]] if f"`{k}`" not in described]
+            assert not undocumented, undocumented
+            with disk.frozen(limit=60):
+                frozen_at = time.monotonic()
+                while not (state := health())["storage"]["stalled"] and time.monotonic() < frozen_at + 3 * STALL_SECONDS:
+                    time.sleep(0.05)
+                stalled_after = time.monotonic() - frozen_at
+                assert state["storage"]["stalled"], state["storage"]
+                assert state["status"] == "degraded"
+                age = state["storage"]["wal_io_seconds" if hung == "wal" else "flush_io_seconds"]
+                assert STALL_SECONDS <= age <= stalled_after + 0.5, state["storage"]
+                if hung == "wal":  # a new request is refused at once instead of waiting on the disk
+                    sent = time.monotonic()
+                    refused = http.post("/v1/traces", content=request_body(99, 0),
+                                        headers={"Content-Type": "application/x-protobuf"})
+                    assert (refused.status_code, refused.headers.get("retry-after")) == (503, "1"), refused.text
+                    assert time.monotonic() - sent < 1.0
+                for _ in range(10):  # and /health keeps answering fast while the disk stays hung
+                    assert health()["storage"]["stalled"]
+                    time.sleep(0.05)
+                thawed_at = time.monotonic()
+            while (state := health())["status"] != "ok" and time.monotonic() < thawed_at + RECOVERY_LIMIT:
+                time.sleep(0.05)
+            recovered_after = time.monotonic() - thawed_at
+            assert state["status"] == "ok", state
+            assert state["storage"]["stalled"] is False
+            assert clients.wait_for(lambda: clients.served_since(thawed_at) == 2, RECOVERY_LIMIT)
+    finally:
+        disk.thaw()
+        code = server.stop() if server.proc is not None else 0
+    assert code == 0, server.log.read_text()[-3000:]
+    print(f"hung {hung} disk: stalled shown after {stalled_after:.2f} s, ok {recovered_after:.2f} s after the thaw; "
+          f"/health {len(timings)} times, max {max(timings) * 1000:.0f} ms, p99 {p99(timings) * 1000:.0f} ms")
+    assert max(timings) < HEALTH_LIMIT, f"/health took up to {max(timings) * 1000:.0f} ms"
+    assert recovered_after < RECOVERY_LIMIT
+    # Requests that waited on the hung disk were answered (or timed out) but nothing acked was lost or doubled.
     assert assert_stored_once(data_dir, clients.acked, clients.sent, SPANS_PER_REQUEST) > 0

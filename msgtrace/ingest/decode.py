@@ -19,7 +19,8 @@ class WireFormat(enum.IntEnum):
     JSON = 2
 
 
-def decode_request(fmt: WireFormat, body: bytes, received_unix_nano: int, max_value_bytes: int) -> BuiltBatch:
+def decode_request(fmt: WireFormat, body: bytes | bytearray, received_unix_nano: int,
+                   max_value_bytes: int) -> BuiltBatch:
     """Decode an ``ExportTraceServiceRequest``; raises :class:`~msgtrace.errors.MalformedRequest` if undecodable."""
     builder = SpanBatchBuilder(received_unix_nano, max_value_bytes)
     if fmt is WireFormat.PROTOBUF:

@@ -22,6 +22,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from typing import NoReturn
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -32,6 +33,7 @@ from msgtrace.ingest.batch import BuiltBatch
 from msgtrace.ingest.buffer import BufferedBatch, SpanBuffer, live_table
 from msgtrace.ingest.decode import WireFormat, decode_request
 from msgtrace.ingest.wal import WalRecord, WriteAheadLog
+from msgtrace.storage.iowatch import IoWatch
 from msgtrace.storage.layout import StoreLayout, part_range
 from msgtrace.storage.lock import DirLock
 from msgtrace.storage.maintenance import Maintenance
@@ -71,6 +73,7 @@ class Ingestor:
                                  self.layout.quarantine_dir)
         self.buffer = SpanBuffer()
         self.flush_stats = FlushStats()
+        self.flush_io = IoWatch()  # the flush writing Parquet, if one is (a hung disk shows as an old one)
         self.quarantined: list[str] = []
         self._lock = threading.Lock()  # WAL append + buffer add are one step; a flush takes the buffer under it
         self._flush_lock = threading.Lock()  # one flush at a time
@@ -81,7 +84,9 @@ class Ingestor:
         self._recent_keys: pa.Array | None = None  # span keys of the previous flush, for duplicate collapse
         self._retry_last: int | None = None  # last WAL seq of a failed flush, retried as exactly that range
         # Compaction only touches parts the WAL checkpoint covers: a replay may rewrite any part past it.
-        self.maintenance = Maintenance(self.layout, config, checkpoint=lambda: self.wal.checkpoint)
+        self._overloaded = False  # a request was refused for load since the maintenance thread last asked
+        self.maintenance = Maintenance(self.layout, config, checkpoint=lambda: self.wal.checkpoint,
+                                       busy=self.was_overloaded)
         self.started = False
 
     # --- lifecycle ------------------------------------------------------------------------------------------
@@ -126,15 +131,31 @@ class Ingestor:
         self.started = False
 
     # --- the hot path ---------------------------------------------------------------------------------------
-    def decode(self, fmt: WireFormat, body: bytes, received_unix_nano: int) -> BuiltBatch:
+    def decode(self, fmt: WireFormat, body: bytes | bytearray, received_unix_nano: int) -> BuiltBatch:
         return decode_request(fmt, body, received_unix_nano, self.config.max_attribute_value_bytes)
 
     def admit(self) -> None:
-        """Refuse new work when the buffer or the WAL budget is used up (503, before anything is read)."""
+        """Refuse new work when the buffer or the WAL budget is used up, or the WAL's disk is stalled (503, before
+        anything is read)."""
+        stalled = self.wal.io.oldest_age()
+        if stalled is not None and stalled >= self.config.storage_stall_seconds:
+            # Requests let in now would only wait on the hung disk until their clients time out (and, for OTel
+            # exporters, drop the batch); a 503 has them retry, and the ones already waiting complete on recovery.
+            self.refuse(f"write-ahead log storage is stalled: a write or fsync has been blocked for {stalled:.0f} s")
         if self.buffer.total_bytes >= self.config.buffer_limit_bytes:
-            raise Overloaded("ingest buffer is full; flushing to Parquet is behind")
+            self.refuse("ingest buffer is full; flushing to Parquet is behind")
         if self.wal.size_bytes >= self.config.wal_limit_bytes:
-            raise Overloaded("write-ahead log budget is used up; flushing to Parquet is behind")
+            self.refuse("write-ahead log budget is used up; flushing to Parquet is behind")
+
+    def refuse(self, reason: str) -> NoReturn:
+        """Refuse a request for load (503): raises Overloaded, and puts off background compaction."""
+        self._overloaded = True
+        raise Overloaded(reason)
+
+    def was_overloaded(self) -> bool:
+        """Whether a request was refused for load since the last call."""
+        overloaded, self._overloaded = self._overloaded, False
+        return overloaded
 
     def accept(self, fmt: WireFormat, body: bytes, received_unix_nano: int) -> AcceptResult:
         """Decode, log durably and buffer one request. Raises MalformedRequest, Overloaded, StorageUnavailable."""
@@ -144,16 +165,27 @@ class Ingestor:
 
     def accept_decoded(self, fmt: WireFormat, body: bytes, received_unix_nano: int,
                        built: BuiltBatch) -> AcceptResult:
-        if built.num_spans:
-            with self._lock:
-                seq = self.wal.append(int(fmt), body, received_unix_nano)
-                self.buffer.add(seq, built)
-                wake = self.buffer.pending_bytes >= self.config.flush_bytes
+        self.commit(self.log(fmt, body, received_unix_nano, built))
+        return result_of(built)
+
+    def log(self, fmt: WireFormat, body: bytes | bytearray, received_unix_nano: int, built: BuiltBatch) -> int:
+        """Append the request to the WAL and its rows to the buffer; returns the WAL sequence number to
+        :meth:`commit` (0 when there was nothing to keep). Not durable until committed."""
+        if not built.num_spans:
+            return 0
+        with self._lock:
+            seq = self.wal.append(int(fmt), body, received_unix_nano)
+            self.buffer.add(seq, built)
+            wake = self.buffer.pending_bytes >= self.config.flush_bytes
+        if wake:
+            with self._wake:
+                self._wake.notify_all()
+        return seq
+
+    def commit(self, seq: int) -> None:
+        """Return once WAL record ``seq`` is durable under the fsync policy (group commit: see the WAL)."""
+        if seq:
             self.wal.sync(seq)
-            if wake:
-                with self._wake:
-                    self._wake.notify_all()
-        return AcceptResult(built.num_spans, built.rejected_spans, _partial_message(built))
 
     # --- flushing -------------------------------------------------------------------------------------------
     def flush(self) -> int:
@@ -214,9 +246,10 @@ class Ingestor:
         table = pa.Table.from_batches([e.built.batch for e in entries])
         days = pa.chunked_array([e.built.days for e in entries], pa.int32()).combine_chunks()
         table, days, keys, dropped = self._drop_duplicates(table, days)
-        paths = write_parts(self.layout, table, days, entries[0].seq, entries[-1].seq,
-                            row_group_spans=self.config.row_group_spans,
-                            compression_level=self.config.parquet_compression_level)
+        with self.flush_io.track():
+            paths = write_parts(self.layout, table, days, entries[0].seq, entries[-1].seq,
+                                row_group_spans=self.config.row_group_spans,
+                                compression_level=self.config.parquet_compression_level)
         # Only a published flush becomes "the previous flush": after a failed one, its rows come back for a
         # retry and must not be mistaken for duplicates of themselves.
         self._recent_keys = keys
@@ -310,16 +343,30 @@ class Ingestor:
         return live_table(entries)
 
     # --- status ---------------------------------------------------------------------------------------------
+    def storage_status(self) -> dict[str, object]:
+        """How long the oldest WAL write/fsync and the Parquet flush in progress have been running; ``stalled``
+        once either passes ``storage_stall_seconds`` (a hung disk: the calls block instead of failing)."""
+        wal, flush = self.wal.io.oldest_age(), self.flush_io.oldest_age()
+        limit = self.config.storage_stall_seconds
+        return {
+            "stalled": any(age is not None and age >= limit for age in (wal, flush)),
+            "wal_io_seconds": None if wal is None else round(wal, 3),
+            "flush_io_seconds": None if flush is None else round(flush, 3),
+            "stall_threshold_seconds": limit,
+        }
+
     def status(self) -> dict[str, object]:
         s = self.flush_stats
         wal = self.wal.status()
-        # Degraded also while writes fail right now (a full disk: the WAL refuses records, flushes fail), so that a
-        # monitor polling /health sees why clients get 503s.
+        storage = self.storage_status()
+        # Degraded also while writes fail right now (a full disk: the WAL refuses records, flushes fail) or hang (a
+        # stalled disk), so that a monitor polling /health sees why clients get 503s.
         healthy = (not wal["failed"] and not wal["corrupt_segments"] and not wal["write_error"]
-                   and s.failing_since_unix is None)
+                   and s.failing_since_unix is None and not storage["stalled"])
         return {
             "status": "ok" if healthy else "degraded",
             "data_dir": str(self.layout.root),
+            "storage": storage,
             "wal": wal,
             "buffer": {
                 "pending_spans": self.buffer.pending_spans,
@@ -342,6 +389,11 @@ class Ingestor:
             "compaction": self.maintenance.status(),
             "quarantined": list(self.quarantined),
         }
+
+
+def result_of(built: BuiltBatch) -> AcceptResult:
+    """What a client is told about a request that decoded into ``built`` and was logged."""
+    return AcceptResult(built.num_spans, built.rejected_spans, _partial_message(built))
 
 
 def _partial_message(built: BuiltBatch) -> str:

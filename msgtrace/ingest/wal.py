@@ -18,6 +18,9 @@ its last record; the active segment is never deleted. At open, a torn record at 
 
 Group commit (fsync policy ``batch``): ``sync(seq)`` waits on one mutex; whoever holds it fsyncs everything written
 so far, so requests that arrive together share one fsync and each still returns only once its record is on disk.
+
+Every write and fsync runs under :attr:`WriteAheadLog.io` (:mod:`msgtrace.storage.iowatch`), so ``/health`` can
+tell how long the oldest one has been blocked on a hung disk.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from pathlib import Path
 
 from msgtrace.errors import StorageUnavailable
 from msgtrace.storage.files import fsync_dir, write_bytes_atomic
+from msgtrace.storage.iowatch import IoWatch
 
 _HEADER = struct.Struct("<IIQqB")
 _CRC_PART = struct.Struct("<QqB")
@@ -56,10 +60,11 @@ class WalStats:
     replayed_records: int = 0
 
 
-def _encode(seq: int, received: int, fmt: int, body: bytes) -> bytes:
+def _header(seq: int, received: int, fmt: int, body: bytes | bytearray) -> bytes:
+    """The record's header; the body follows it unchanged (written with it in one ``writev``, not copied)."""
     rest = _CRC_PART.pack(seq, received, fmt)
     crc = zlib.crc32(body, zlib.crc32(rest))
-    return _HEADER.pack(len(body), crc, seq, received, fmt) + body
+    return _HEADER.pack(len(body), crc, seq, received, fmt)
 
 
 class WriteAheadLog:
@@ -81,6 +86,7 @@ class WriteAheadLog:
         self._failed: str | None = None
         self._write_error: str | None = None  # the last append failed (e.g. disk full); cleared by the next one
         self._closed_sizes: dict[Path, int] = {}  # segments not yet retired, other than the active one
+        self.io = IoWatch()  # writes and fsyncs in progress (a hung disk shows as an old one)
 
     # --- opening and replay ---------------------------------------------------------------------------------
     @property
@@ -162,10 +168,12 @@ class WriteAheadLog:
         state is unchanged, so the caller's old segment (if any) can stay active."""
         path = self.dir / f"{self._next_seq:020d}{SEGMENT_SUFFIX}"
         existed = path.exists()  # at open: the empty active segment a clean shutdown left
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        with self.io.track():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
             offset = os.fstat(fd).st_size
-            fsync_dir(self.dir)
+            with self.io.track():
+                fsync_dir(self.dir)
         except BaseException:
             os.close(fd)
             if not existed:
@@ -175,7 +183,7 @@ class WriteAheadLog:
             raise
         self._fd, self._segment_first, self._offset = fd, self._next_seq, offset
 
-    def append(self, wire_format: int, body: bytes, received_unix_nano: int) -> int:
+    def append(self, wire_format: int, body: bytes | bytearray, received_unix_nano: int) -> int:
         """Write one record (not yet fsynced unless the policy is ``always``); returns its sequence number."""
         if len(body) >= MAX_RECORD_BYTES:
             raise ValueError("record too large for the WAL")
@@ -184,9 +192,10 @@ class WriteAheadLog:
                 raise StorageUnavailable(f"write-ahead log unavailable: {self._failed}")
             assert self._fd is not None
             seq = self._next_seq
-            record = _encode(seq, received_unix_nano, wire_format, body)
+            header = _header(seq, received_unix_nano, wire_format, body)
             try:
-                _write_all(self._fd, record)
+                with self.io.track():
+                    _write_all(self._fd, header, body)
             except OSError as exc:
                 # Leave no torn record behind: a later append must not sit after garbage. ENOSPC is recoverable.
                 try:
@@ -196,7 +205,7 @@ class WriteAheadLog:
                 self._write_error = os.strerror(exc.errno or errno.EIO)
                 raise StorageUnavailable(f"write-ahead log write failed: {self._write_error}") from None
             self._write_error = None
-            self._offset += len(record)
+            self._offset += len(header) + len(body)
             self._next_seq = seq + 1
             self._written_seq = seq
             if self.policy == "always":
@@ -217,7 +226,8 @@ class WriteAheadLog:
             with self._lock:
                 fd, target = self._fd, self._written_seq
             try:
-                os.fsync(fd)  # type: ignore[arg-type]
+                with self.io.track():
+                    os.fsync(fd)  # type: ignore[arg-type]
             except OSError as exc:
                 # After a failed fsync the kernel may have dropped dirty pages: nothing written can be trusted.
                 self._failed = f"fsync failed: {os.strerror(exc.errno or errno.EIO)}"
@@ -226,7 +236,8 @@ class WriteAheadLog:
 
     def _fsync_locked(self) -> None:
         try:
-            os.fsync(self._fd)  # type: ignore[arg-type]
+            with self.io.track():
+                os.fsync(self._fd)  # type: ignore[arg-type]
         except OSError as exc:
             self._failed = f"fsync failed: {os.strerror(exc.errno or errno.EIO)}"
             raise StorageUnavailable(f"write-ahead log unavailable: {self._failed}") from None
@@ -256,7 +267,8 @@ class WriteAheadLog:
     # --- retiring -------------------------------------------------------------------------------------------
     def set_checkpoint(self, seq: int) -> None:
         """Record that every record up to ``seq`` is in Parquet, then delete the segments that are all covered."""
-        write_bytes_atomic(self.dir / "checkpoint", f"{seq}\n".encode())
+        with self.io.track():
+            write_bytes_atomic(self.dir / "checkpoint", f"{seq}\n".encode())
         self._checkpoint = seq
         segments = self.segments()
         for path, following in zip(segments, segments[1:], strict=False):
@@ -293,8 +305,11 @@ class WriteAheadLog:
                 self._fd = None
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
+def _write_all(fd: int, *parts: bytes | bytearray) -> None:
+    views = [memoryview(p) for p in parts if len(p)]
+    while views:
+        written = os.writev(fd, views)
+        while views and written >= len(views[0]):
+            written -= len(views.pop(0))
+        if written:
+            views[0] = views[0][written:]

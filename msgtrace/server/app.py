@@ -2,12 +2,12 @@
 
 Per request: check headers and budgets (415/413/503 before reading a byte), read the body with the wire limit,
 then decompress, decode and log it durably in a worker thread (so the event loop keeps answering, e.g. ``/health``),
-and answer with an ``ExportTraceServiceResponse`` in the request's own content type.
+and answer with an ``ExportTraceServiceResponse`` in the request's own content type. What is let in, how much at
+once and where the rest is refused: :mod:`msgtrace.server.admission`.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -18,9 +18,9 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from msgtrace import __version__
-from msgtrace.errors import MsgtraceError, Overloaded, PayloadTooLarge
+from msgtrace.errors import MsgtraceError, PayloadTooLarge
 from msgtrace.ingest.decode import WireFormat
-from msgtrace.ingest.pipeline import Ingestor
+from msgtrace.ingest.pipeline import AcceptResult, Ingestor, result_of
 from msgtrace.ingest.receive import (
     MEDIA_TYPE,
     content_encoding,
@@ -31,11 +31,10 @@ from msgtrace.ingest.receive import (
     wire_format,
 )
 from msgtrace.server import errors, hosts, query_api
+from msgtrace.server.admission import Admission, Ticket
 
 if TYPE_CHECKING:
     from msgtrace.query.store import Store
-
-log = logging.getLogger("msgtrace.server")
 
 OTLP_PATHS = ("/v1/traces", "/api/v1/traces/export")
 _OTLP_RESPONSES = {
@@ -46,29 +45,28 @@ _OTLP_RESPONSES = {
     413: {"description": "Body larger than the limit, on the wire or after decompression."},
     415: {"description": "Content-Type is not application/x-protobuf or application/json, or the "
                          "Content-Encoding is not gzip, deflate, zstd or none."},
-    503: {"description": "Overloaded (buffer, WAL or in-flight budget used up) or storage unavailable. "
-                         "Nothing was kept: retry after `Retry-After` seconds."},
+    503: {"description": "Overloaded (buffer, WAL or in-flight budget used up, or the WAL's disk stalled; refused "
+                         "before the body is read) or storage unavailable. Nothing was kept: retry after "
+                         "`Retry-After` seconds."},
 }
 
+_HEALTH_DESCRIPTION = """Liveness, and the state of the WAL, the buffer, the flushes, the storage and admission.
 
-class ByteBudget:
-    """Bytes of request bodies held in memory at once; over budget, requests are refused before being read."""
+`status` is `ok`, or `degraded` while something needs attention: the WAL failed or is refusing writes, a
+corrupt WAL segment was set aside, flushes are failing (`flush.failing_since_unix`), or the **storage is
+stalled**. The answer never waits on the disk, so it comes at once even while the disk hangs.
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-        self._lock = threading.Lock()
-
-    def try_take(self, n: int) -> bool:
-        with self._lock:
-            if self.used and self.used + n > self.limit:
-                return False
-            self.used += n
-            return True
-
-    def give(self, n: int) -> None:
-        with self._lock:
-            self.used -= n
+- `storage`: `wal_io_seconds` / `flush_io_seconds`, how long the oldest WAL write or fsync and the Parquet flush
+  in progress have been running (`null`: none is); `stalled` is true once either reaches
+  `stall_threshold_seconds` (a hung disk blocks writes instead of failing them). While the WAL's is stalled, ingest
+  answers 503 at once.
+- `ingest`: `inflight_bytes` of request bodies held (limit `inflight_limit_bytes`), `waiting_to_decode` for one of
+  the `decode_concurrency` places, `queue_seconds` (the estimated time to decode what is admitted; past 2 s new
+  requests get a 503), and counters since start: `refused_unread` (413/415/503 answered before the
+  body was read: overload is refused there), `requests_decoded` (bodies decompressed and decoded),
+  `requests_accepted` (200s).
+- `wal`, `buffer`, `flush`, `compaction`, `quarantined`: the pipeline's own state and counters.
+"""
 
 
 def create_app(ingestor: Ingestor) -> FastAPI:
@@ -105,31 +103,44 @@ def create_app(ingestor: Ingestor) -> FastAPI:
     errors.install(app)
     hosts.install(app, bind_host=config.host, allowed_hosts=config.allowed_hosts, cors_origins=config.cors_origins)
     app.include_router(query_api.router, prefix="/api/v1")
-    inflight = ByteBudget(config.max_inflight_bytes)
+    admission = app.state.admission = Admission(config.max_inflight_bytes, config.decode_concurrency)
 
     async def export(request: Request) -> Response:
         received = time.time_ns()
         fmt: WireFormat | None = None
-        taken = 0
+        ticket: Ticket | None = None
         try:
-            fmt = wire_format(request.headers.get("content-type"))
-            encoding = content_encoding(request.headers.get("content-encoding"))
-            declared = _content_length(request)
-            if declared is not None and declared > config.max_request_bytes:
-                raise PayloadTooLarge(f"request body of {declared} bytes is larger than the limit of "
-                                      f"{config.max_request_bytes} bytes")
-            ingestor.admit()
-            taken = declared if declared is not None else config.max_request_bytes
-            if not inflight.try_take(taken):
-                taken = 0
-                raise Overloaded("too many request bytes in flight")
+            try:  # everything that may refuse the request before its body is read
+                fmt = wire_format(request.headers.get("content-type"))
+                encoding = content_encoding(request.headers.get("content-encoding"))
+                declared = _content_length(request)
+                if declared is not None and declared > config.max_request_bytes:
+                    raise PayloadTooLarge(f"request body of {declared} bytes is larger than the limit of "
+                                          f"{config.max_request_bytes} bytes")
+                ingestor.admit()
+                admitted = admission.admit(declared, config.max_request_bytes, compressed=encoding != "identity")
+                if isinstance(admitted, str):
+                    ingestor.refuse(admitted)
+                ticket = admitted
+            except MsgtraceError:
+                admission.refused_unread += 1
+                raise
             wire = await read_limited(request.stream(), config.max_request_bytes)
-            result = await run_in_threadpool(_accept, ingestor, fmt, encoding, wire, received)
+            # Admitted requests are not refused for load any more: the budgets may be overrun by what is in flight
+            # (bounded by the in-flight budget), which costs less than reading a body only to throw it away.
+            async with admission.decoding(ticket, len(wire)):
+                result, seq = await run_in_threadpool(_decode_and_log, ingestor, fmt, encoding, wire, received)
+            del wire
+            if seq:
+                await run_in_threadpool(ingestor.commit, seq)
+            admission.accepted += 1
         except MsgtraceError as exc:
+            if exc.status >= 500:
+                admission.log_refusal(str(exc))
             return _otlp_error(fmt, exc)
         finally:
-            if taken:
-                inflight.give(taken)
+            if ticket is not None:
+                admission.release(ticket)
         return Response(success_body(fmt, result.rejected_spans, result.message), media_type=MEDIA_TYPE[fmt])
 
     for path in OTLP_PATHS:
@@ -139,10 +150,11 @@ def create_app(ingestor: Ingestor) -> FastAPI:
             response_class=Response,
         )
 
-    @app.get("/health", tags=["health"], summary="Liveness and the state of the WAL, buffer and flushes",
+    @app.get("/health", tags=["health"], summary="Liveness and the state of the WAL, buffer, flushes and storage",
+             description=_HEALTH_DESCRIPTION,
              responses={503: {"description": "The write-ahead log has failed; ingest is refused."}})
     async def health() -> JSONResponse:
-        status = ingestor.status()
+        status = ingestor.status() | {"ingest": admission.status()}
         failed = bool(status["wal"]["failed"])  # type: ignore[index]
         return JSONResponse(status | {"version": __version__}, status_code=503 if failed else 200)
 
@@ -169,9 +181,13 @@ class LazyStore:
             self._store.close()
 
 
-def _accept(ingestor: Ingestor, fmt: WireFormat, encoding: str, wire: bytes, received: int):  # type: ignore[no-untyped-def]
+def _decode_and_log(ingestor: Ingestor, fmt: WireFormat, encoding: str, wire: bytes | bytearray,
+                    received: int) -> tuple[AcceptResult, int]:
+    """Decompress, decode, append to the WAL and the buffer: the work inside the decode gate. Returns what to tell
+    the client and the WAL sequence number to commit (fsync) outside the gate."""
     body = decompress(wire, encoding, ingestor.config.max_request_bytes)
-    return ingestor.accept(fmt, body, received)
+    built = ingestor.decode(fmt, body, received)
+    return result_of(built), ingestor.log(fmt, body, received, built)
 
 
 def _content_length(request: Request) -> int | None:
@@ -187,6 +203,4 @@ def _content_length(request: Request) -> int | None:
 def _otlp_error(fmt: WireFormat | None, exc: MsgtraceError) -> Response:
     body, media = error_body(fmt, exc.status, str(exc))
     headers = {"Retry-After": errors.RETRY_AFTER_SECONDS} if exc.status == 503 else None
-    if exc.status >= 500:
-        log.warning("ingest refused: %s", exc)
     return Response(body, status_code=exc.status, media_type=media, headers=headers)

@@ -2,6 +2,11 @@
 
 One thread, at a lower CPU priority than ingest. Runs only in the process that holds the data directory's lock (the
 server); ``msgtrace compact`` and ``msgtrace prune`` do the same work on demand when no server runs.
+
+A pass is put off while ingest is overloaded (``busy``: it refused a request for load since the last look, one interval ago): a merge
+holds ~3x its input's Arrow size (a tiered merge of 2 KB spans: ~650 MB), and on top of an ingest burst at its
+budgets that took the server from ~600 MB to 1.7 GB (tests/test_burst.py). Parts stay readable meanwhile; the
+pass runs once the burst is over. Under an overload that never ends, queries slow down as small parts pile up.
 """
 
 from __future__ import annotations
@@ -21,12 +26,15 @@ log = logging.getLogger("msgtrace.maintenance")
 
 
 class Maintenance:
-    def __init__(self, layout: StoreLayout, config: IngestConfig, checkpoint: Callable[[], int]) -> None:
+    def __init__(self, layout: StoreLayout, config: IngestConfig, checkpoint: Callable[[], int],
+                 busy: Callable[[], bool] = lambda: False) -> None:
         self.config = config
+        self.busy = busy
         self.compactor = Compactor(layout, config.compaction_settings(), checkpoint=checkpoint)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.passes = 0
+        self.deferred = 0  # passes put off because ingest was overloaded
         self.pruned_days: list[str] = []
         self.errors = 0
         self.last_error: str | None = None
@@ -64,6 +72,9 @@ class Maintenance:
     def _loop(self) -> None:
         lower_priority()  # threads this one starts (the compaction workers) inherit it
         while not self._stop.wait(self.config.compaction_interval):
+            if self.busy():
+                self.deferred += 1
+                continue
             try:
                 self.run_once()
             except Exception as exc:  # keep serving; the next pass retries, /health shows the error
@@ -79,6 +90,7 @@ class Maintenance:
             "interval_seconds": self.config.compaction_interval,
             "retention_days": self.config.retention_days or None,
             "passes": self.passes,
+            "deferred_passes": self.deferred,
             "last_pass_unix": self.last_pass_unix,
             "last": last,
             "totals": totals,
