@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import duckdb
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 import msgtrace
@@ -153,6 +154,28 @@ def test_compaction_merges_each_day_drops_duplicates_and_deleted_traces_and_chan
     assert json.loads(layout.retired_path.read_text()) == {"files": []}
     # Compacting a compacted store changes nothing.
     assert Compactor(layout, settings).run(force=True).input_files == 0
+
+
+def test_outputs_stay_even_when_trace_ids_share_a_prefix(data_dir: Path) -> None:
+    # X-Ray-style ids begin with the time in seconds: a day's ids share their first hex digits. Ranges cut at
+    # evenly spaced ids would put every span into one output (and into memory at once).
+    fill(data_dir, days=1, spans_per_day=6_000, duplicate_every=1_000)
+    layout = StoreLayout(data_dir)
+    for path in layout.parts():
+        table = pq.read_table(path)
+        ids = pc.utf8_replace_slice(table["trace_id"], 0, 10, "6743f1a200")
+        table = table.set_column(table.schema.get_field_index("trace_id"), "trace_id", ids).sort_by("trace_id")
+        pq.write_table(table.drop_columns(["date"]) if "date" in table.column_names else table, path)
+    (unique,), = raw(data_dir, "SELECT count(DISTINCT (trace_id, span_id)) FROM files")
+    expected = answers(msgtrace.open(data_dir))
+
+    settings = CompactionSettings(target_rows=2_000, merge_rows=700, grace_seconds=3600)
+    report = Compactor(layout, settings).run(force=True)
+    sizes = [pq.read_metadata(p).num_rows for p in retired.visible_parts(layout)]
+    assert report.output_rows == sum(sizes) == unique
+    assert len(sizes) == math.ceil(unique / settings.target_rows)
+    assert max(sizes) <= settings.target_rows * 1.1, sizes  # even, give or take whole traces at the cuts
+    assert answers(msgtrace.open(data_dir)) == expected
 
 
 def test_a_query_that_started_before_the_swap_reads_its_files_to_the_end(data_dir: Path) -> None:

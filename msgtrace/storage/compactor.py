@@ -59,7 +59,6 @@ from msgtrace.storage.layout import (
 if TYPE_CHECKING:
     from msgtrace.query.summaries import TraceRows
 
-_ID_SPACE = 16**32
 DICTIONARY_COLUMNS = ["name", "kind", "status_code", "status_message", "service_name", "scope_name", "scope_version",
                       "operation", "provider", "model", "user_id", "session_id", "agent_name", "tool_name",
                       "workflow_name", "trace_state", "resource_schema_url", "scope_schema_url"]
@@ -283,9 +282,9 @@ class Compactor:
             buckets = max(1, math.ceil(plan.rows / s.target_rows))
             # Each bucket is merged in `pieces` trace-id ranges of about merge_rows rows, one at a time.
             pieces = max(1, math.ceil(plan.rows / buckets / s.merge_rows))
-            bounds = _bounds(buckets * pieces)
-            plans_tasks.append((plan, [(self.layout.compacted_path(plan.day, stamp, i),
-                                        bounds[i * pieces:(i + 1) * pieces + 1]) for i in range(buckets)]))
+            ranges = _ranges([p.path for p in plan.inputs], buckets, pieces)
+            plans_tasks.append((plan, [(self.layout.compacted_path(plan.day, stamp, i), bounds)
+                                       for i, bounds in enumerate(ranges)]))
         retired.add_pending(self.layout, [path for _, tasks in plans_tasks for path, _ in tasks])
         rows_of: dict[Path, pa.Table] = {}  # output → its trace rows
         guard = threading.Lock()
@@ -446,9 +445,29 @@ class _NothingLeft(Exception):
     """Every row of an output was a duplicate or deleted: there is no part to publish."""
 
 
-def _bounds(n: int) -> list[str | None]:
-    """``n`` trace-id ranges of equal width, as n + 1 bounds (None: open)."""
-    return [None] + [f"{i * _ID_SPACE // n:032x}" for i in range(1, n)] + [None]
+def _ranges(paths: list[Path], buckets: int, pieces: int) -> list[list[str | None]]:
+    """Split the trace ids of ``paths`` into ``buckets`` ranges of about equal row counts, each into ``pieces``:
+    per bucket, its piece bounds (None: open). Cut at the ids' quantiles, not at evenly spaced ids: ids are not
+    always uniform (X-Ray-style ids start with the time in seconds, so a day's share one prefix) and one range
+    holding everything would hold everything in memory."""
+    if buckets * pieces == 1:
+        return [[None, None]]
+    ids = pa.chunked_array([pq.read_table(p, columns=["trace_id"])["trace_id"] for p in paths], pa.string())
+    ids = ids.combine_chunks().sort()
+    n = len(ids)
+
+    def cut(rank: int) -> str:
+        return ids[min(rank, n - 1)].as_py()
+
+    out = []
+    for b in range(buckets):
+        low, high = b * n // buckets, (b + 1) * n // buckets
+        bounds: list[str | None] = [None if b == 0 else cut(low)]
+        bounds += [cut(low + k * (high - low) // pieces) for k in range(1, pieces)]
+        bounds.append(None if b == buckets - 1 else cut(high))
+        # A trace larger than a piece makes equal cuts: an empty range, skipped.
+        out.append([x for i, x in enumerate(bounds) if i == 0 or x != bounds[i - 1] or x is None])
+    return out
 
 
 class _Footers:
