@@ -286,7 +286,7 @@ class Compactor:
             plans_tasks.append((plan, [(self.layout.compacted_path(plan.day, stamp, i), bounds)
                                        for i, bounds in enumerate(ranges)]))
         retired.add_pending(self.layout, [path for _, tasks in plans_tasks for path, _ in tasks])
-        rows_of: dict[Path, pa.Table] = {}  # output → its trace rows
+        rows_of: dict[Path, _Rows] = {}  # output → its trace rows, kept on disk until the swap
         guard = threading.Lock()
         footers = _Footers()
         trace_rows = TraceRows(self.layout)
@@ -331,7 +331,8 @@ class Compactor:
                 report.output_rows += counts[3]
                 if counts[3]:
                     self._rows[path] = counts[3]
-                    rows_of[path] = pa.concat_tables(rows)
+                    kept = staging / "rows" / f"{path.parent.name}-{path.stem}.arrow"
+                    rows_of[path] = _Rows.keep(pa.concat_tables(rows), kept)
             if progress is not None:
                 progress(counts[0])
 
@@ -351,10 +352,11 @@ class Compactor:
                     # Every piece of every bucket would decode each input again (a flushed part is one row group
                     # holding all trace ids): decode each once into Arrow IPC, cut at the pieces' bounds, which the
                     # pieces then read without decoding.
-                    staging.mkdir(parents=True, exist_ok=True)
-                    sources = each(lambda p, c=cuts: _Staged.create(p, staging, c, threads=threads), sources)
+                    (staging / "inputs").mkdir(parents=True, exist_ok=True)
+                    sources = each(lambda p, c=cuts: _Staged.create(p, staging / "inputs", c, threads=threads),
+                                   sources)
                 each(lambda task, plan=plan, src=sources: merge(plan, task[0], task[1], src), tasks)
-                shutil.rmtree(staging, ignore_errors=True)
+                shutil.rmtree(staging / "inputs", ignore_errors=True)
             inputs = [p.path for plan in plans for p in plan.inputs]
             outputs = sorted(rows_of)
             self._summarize(outputs, inputs, rows_of, trace_rows)
@@ -374,7 +376,7 @@ class Compactor:
         report.input_rows += sum(plan.rows for plan in plans)
         report.output_files += len(outputs)
 
-    def _summarize(self, outputs: list[Path], inputs: list[Path], rows_of: dict[Path, pa.Table],
+    def _summarize(self, outputs: list[Path], inputs: list[Path], rows_of: dict[Path, _Rows],
                    trace_rows: TraceRows) -> None:
         """Store the trace rows of each output (``traces/date=…/<output name>``).
 
@@ -389,7 +391,7 @@ class Compactor:
         others = [p for p in retired.visible_parts(self.layout) if p not in gone
                   and (summary := self.layout.summary_path(p)) is not None and summary.exists()]
         holders = outputs + others
-        ids = [rows_of[o]["trace_id"] for o in outputs] + [
+        ids = [rows_of[o].ids for o in outputs] + [
             pq.read_table(self.layout.summary_path(o), columns=["trace_id"])["trace_id"] for o in others]
         # Each part holds a trace at most once, so an id seen twice has spans in two parts.
         flat = pa.chunked_array([c for i in ids for c in pa.chunked_array(i).chunks], pa.string())
@@ -403,7 +405,7 @@ class Compactor:
             complete = trace_rows.of_parts(parts_of, only=shared)
         del ids, flat, counts, mine_ids
         for path in outputs:
-            table = rows_of.pop(path)
+            table = rows_of.pop(path).read()
             flags = pc.is_in(table["trace_id"], value_set=shared)
             if complete is not None and pc.any(flags).as_py():
                 mine = complete.filter(pc.is_in(complete["trace_id"], value_set=table["trace_id"]))
@@ -486,6 +488,26 @@ class _Footers:
             with self._lock:
                 self._meta[path] = pf.metadata
         return pf
+
+
+class _Rows:
+    """The trace rows of one output, written to staging as Arrow IPC until the swap, with their ids in memory:
+    at 10M spans the rows of all outputs are ~1.1M rows, too many to hold while the merges run."""
+
+    def __init__(self, path: Path, ids: pa.Array) -> None:
+        self.path = path
+        self.ids = ids
+
+    @classmethod
+    def keep(cls, rows: pa.Table, path: Path) -> _Rows:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with pa.OSFile(str(path), "wb") as sink, ipc.new_file(sink, rows.schema) as writer:
+            writer.write_table(rows)
+        return cls(path, rows["trace_id"].combine_chunks())
+
+    def read(self) -> pa.Table:
+        with pa.OSFile(str(self.path)) as source:
+            return ipc.open_file(source).read_all()
 
 
 class _Staged:
