@@ -75,7 +75,7 @@ class CompactionSettings:
     row_group_rows: int = 8_192
     compression_level: int = 3
     merge_rows: int = 32_768  # rows sorted in memory at once (~2.2 KB of Arrow each, held twice while sorting)
-    workers: int = 1  # 2 measured ~25 % faster on 2 cores, at ~1.2 GB peak instead of ~0.7 GB
+    workers: int = 1  # 2 measured no faster on 2 cores (a run keeps about one core busy), at ~0.9 GB peak
 
 
 @dataclass(frozen=True)
