@@ -425,24 +425,6 @@ class Compactor:
             publish(target, lambda tmp, t=table: _write_summary(t, tmp))
 
 
-class _Footers:
-    """Parsed Parquet footers of the inputs, read once per compaction although each input is opened once per
-    trace-id bucket (parsing a footer of ~80 columns costs ~1 ms)."""
-
-    def __init__(self) -> None:
-        self._meta: dict[Path, pq.FileMetaData] = {}
-        self._lock = threading.Lock()
-
-    def open(self, path: Path) -> pq.ParquetFile:
-        with self._lock:
-            meta = self._meta.get(path)
-        pf = pq.ParquetFile(path, metadata=meta)
-        if meta is None:
-            with self._lock:
-                self._meta[path] = pf.metadata
-        return pf
-
-
 class _NothingLeft(Exception):
     """Every row of an output was a duplicate or deleted: there is no part to publish."""
 
