@@ -180,6 +180,16 @@ class QueryEngine:
         self._db.close()
 
     @contextmanager
+    def unbound_cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A cursor with the views and macros but no snapshot of the store (its sources are empty), closed on exit:
+        for SQL over relations the caller registers itself, which need not pay for listing the store's parts."""
+        cur = self._db.cursor()
+        try:
+            yield cur
+        finally:
+            cur.close()
+
+    @contextmanager
     def cursor(self, *, traces: bool = True, trace_id: str | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
         """A cursor whose sources are a snapshot of the store taken now, closed on exit (``traces`` and
         ``trace_id``: see :meth:`snapshot`)."""
@@ -259,13 +269,10 @@ class QueryEngine:
     def _parts_holding(self, parts: list[Path], trace_id: str) -> list[Path]:
         """The parts holding spans of ``trace_id``: only their ``trace_id`` column is read, and DuckDB skips every
         row group (and so every file but one per day) by its min/max statistics and Bloom filter."""
-        cur = self._db.cursor()
-        try:
+        with self.unbound_cursor() as cur:
             hits = {r[0] for r in cur.execute(
                 f"SELECT DISTINCT filename FROM read_parquet([{_listing([str(p) for p in parts])}], filename = true)"
                 " WHERE trace_id = $trace_id", {"trace_id": trace_id}).fetchall()}
-        finally:
-            cur.close()
         return [p for p in parts if str(p) in hits]
 
     def run(self, sql: str, params: dict[str, Any] | list[Any] | None = None, *, max_rows: int | None = None,

@@ -30,8 +30,9 @@ class TraceRows:
         """The trace rows of ``spans``: the rows of one day's compacted part (without the ``date`` partition
         column), read in place from memory, so the part being written need not be read back from disk. They hold
         no duplicate and no deleted trace already, so the spans view's deduplication is skipped (~40 % of the
-        time); the rows are the ones it would give."""
-        with self._engine.cursor(traces=False) as cur:
+        time); the rows are the ones it would give. No snapshot of the store is bound: listing its parts cost
+        ~100 ms per call on a store of 2,640 parts, and this runs once per piece of every output."""
+        with self._engine.unbound_cursor() as cur:
             cur.register("part_rows", spans)
             cur.execute("CREATE OR REPLACE TEMP VIEW part_spans AS "
                         f"SELECT *, DATE {quote_literal(date.isoformat())} AS date FROM part_rows")
