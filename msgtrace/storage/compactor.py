@@ -10,11 +10,13 @@ for opening each. The compactor, run in the background by the server (and by ``m
   Bound on files per day under continuous ingest: at most ``fanout − 1`` parts per size class below
   ``target_rows / 2`` (``ceil(log_fanout(target_rows / 2 / base_rows))`` classes: 2 with the defaults, so ≤ 14
   files) plus one file per ``target_rows / 2`` spans; a settled day has ``ceil(spans / target_rows)`` files.
-- **Layout.** Outputs hold disjoint trace-id ranges (the merged rows are split at evenly spaced ids into files of at
-  most ``target_rows``, which also bounds memory: ~2.2 KB of Arrow per span), sorted by ``(trace_id, start, span_id)``
-  in row groups of ``row_group_rows`` with min/max statistics and a Bloom filter on ``trace_id``. A lookup skips
+- **Layout.** Outputs hold disjoint trace-id ranges of about ``target_rows`` rows (cut at the quantiles of the
+  inputs' ids), sorted by ``(trace_id, start, span_id)`` in row groups of ``row_group_rows`` with min/max statistics and a Bloom filter on ``trace_id``. A lookup skips
   every other file by its statistics, and inside the candidate file all row groups but one by min/max; the Bloom
   filter rejects the candidate row group of files that do not hold the trace (measured in ``benchmarks/README.md``).
+- **Memory.** Each output is merged in pieces of about ``merge_rows`` rows (~2.2 KB of Arrow per span, held twice
+  while sorted), written into one Parquet file as they come. A day merged in several pieces first decodes each input
+  once into ``staging/`` (Arrow IPC, one batch per piece), so no input is decoded once per piece.
 - **What is dropped.** Rows of deleted traces, and duplicate deliveries of a span: one row per ``(trace_id,
   span_id)``, the one the ``spans`` view would keep (latest end time, then name).
 - **Swap.** Outputs are published atomically, then the inputs are retired and deleted after a grace period
@@ -25,6 +27,7 @@ Flushed parts whose WAL range is past the checkpoint are never touched: a replay
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import dataclasses
 import datetime as dt
@@ -288,21 +291,20 @@ class Compactor:
         retired.add_pending(self.layout, [path for _, tasks in plans_tasks for path, _ in tasks])
         rows_of: dict[Path, _Rows] = {}  # output → its trace rows, kept on disk until the swap
         guard = threading.Lock()
-        footers = _Footers()
         trace_rows = TraceRows(self.layout)
         staging = self.layout.staging_dir
         shutil.rmtree(staging, ignore_errors=True)  # left by a compaction that crashed
         threads = s.workers == 1  # one merge at a time: let Parquet decode columns on all cores
 
-        def merge(plan: DayPlan, path: Path, ranges: list[str | None], sources: list[Path | _Staged]) -> None:
+        def merge(plan: DayPlan, path: Path, ranges: list[str | None], inputs: _DayInputs) -> None:
             counts = [0, 0, 0, 0]  # read, deleted, duplicates, written
             rows: list[pa.Table] = []
 
             def write(tmp: Path) -> None:
                 with pq.ParquetWriter(tmp, SPAN_SCHEMA, **_parquet_options(s)) as writer:
                     carry = SPAN_SCHEMA.empty_table()  # rows short of a full row group, written with the next piece
-                    for low, high in itertools.pairwise(ranges):
-                        table = _read(sources, low, high, footers, threads)
+                    for k, low in enumerate(ranges[:-1]):
+                        table = inputs.piece(low)
                         order, n_deleted, n_dupes = _merge(table, deleted)
                         counts[0] += table.num_rows
                         counts[1] += n_deleted
@@ -314,7 +316,7 @@ class Compactor:
                             rows.append(trace_rows.of_table(table, day_to_date(plan.day)))
                             counts[3] += table.num_rows
                         table = pa.concat_tables([carry, table])  # carry holds smaller trace ids
-                        last = high is ranges[-1]
+                        last = k == len(ranges) - 2
                         full = table.num_rows if last else table.num_rows // s.row_group_rows * s.row_group_rows
                         for start in range(0, full, s.row_group_rows):
                             writer.write_table(table.slice(start, min(s.row_group_rows, full - start)),
@@ -346,16 +348,17 @@ class Compactor:
 
         try:
             for plan, tasks in plans_tasks:  # a day at a time: staging never holds more than one day
-                sources: list[Path | _Staged] = [p.path for p in plan.inputs]
+                paths = [p.path for p in plan.inputs]
                 cuts = sorted({b for _, ranges in tasks for b in ranges if b is not None})
+                staged: list[_Staged] = []
                 if cuts:
                     # Every piece of every bucket would decode each input again (a flushed part is one row group
                     # holding all trace ids): decode each once into Arrow IPC, cut at the pieces' bounds, which the
                     # pieces then read without decoding.
                     (staging / "inputs").mkdir(parents=True, exist_ok=True)
-                    sources = each(lambda p, c=cuts: _Staged.create(p, staging / "inputs", c, threads=threads),
-                                   sources)
-                each(lambda task, plan=plan, src=sources: merge(plan, task[0], task[1], src), tasks)
+                    staged = each(lambda p, c=cuts: _Staged.create(p, staging / "inputs", c, threads=threads), paths)
+                day = _DayInputs(paths, cuts, staged, threads)
+                each(lambda task, plan=plan, day=day: merge(plan, task[0], task[1], day), tasks)
                 shutil.rmtree(staging / "inputs", ignore_errors=True)
             inputs = [p.path for plan in plans for p in plan.inputs]
             outputs = sorted(rows_of)
@@ -454,24 +457,6 @@ def _ranges(paths: list[Path], buckets: int, pieces: int) -> list[list[str | Non
     return out
 
 
-class _Footers:
-    """Parsed Parquet footers of the inputs, read once per compaction (parsing a footer of ~80 columns costs
-    ~1 ms, and an unstaged input is opened once per piece)."""
-
-    def __init__(self) -> None:
-        self._meta: dict[Path, pq.FileMetaData] = {}
-        self._lock = threading.Lock()
-
-    def open(self, path: Path) -> pq.ParquetFile:
-        with self._lock:
-            meta = self._meta.get(path)
-        pf = pq.ParquetFile(path, metadata=meta)
-        if meta is None:
-            with self._lock:
-                self._meta[path] = pf.metadata
-        return pf
-
-
 class _Rows:
     """The trace rows of one output, written to staging as Arrow IPC until the swap, with their ids in memory:
     at 10M spans the rows of all outputs are ~1.1M rows, too many to hold while the merges run."""
@@ -493,103 +478,65 @@ class _Rows:
 
 
 class _Staged:
-    """An input decoded once into an Arrow IPC file, one record batch per trace-id range between the given cuts:
-    a piece reads its batch, a plain copy with nothing to decode (a day of 334,000 flushed spans: 1.07 s CPU to
-    decode once, 0.33 s to stage, 0.10 s to read back, against 1.07 s per piece reading the Parquet)."""
+    """An input decoded once into an Arrow IPC file, one record batch per piece (the trace-id ranges between the
+    given cuts): a piece reads its batch, a plain copy with nothing to decode (a day of 334,000 flushed spans:
+    1.07 s CPU to decode once, 0.33 s to stage, 0.10 s to read back, against 1.07 s per piece reading the Parquet)."""
 
-    def __init__(self, path: Path, ranges: list[tuple[str | None, str | None]]) -> None:
+    def __init__(self, path: Path, batch_of: dict[int, int]) -> None:
         self.path = path
-        self.ranges = ranges  # per batch: its smallest and largest trace id
+        self.batch_of = batch_of  # piece number → its batch (pieces without rows have none)
 
     @classmethod
     def create(cls, part: Path, directory: Path, cuts: list[str], *, threads: bool) -> _Staged:
-        table = pq.ParquetFile(part).read(use_threads=threads)
-        if table.schema != SPAN_SCHEMA:
-            table = table.cast(SPAN_SCHEMA)
+        table = _read_part(part, threads)
         ids = table["trace_id"]
-        # Parts are sorted by trace id (flushes and compactions both write them so), so each range is a slice.
+        # Parts are sorted by trace id (flushes and compactions both write them so), so each piece is a slice.
         if len(ids) > 1 and not _sorted(ids):
             table = table.sort_by("trace_id")
             ids = table["trace_id"]
         starts = [0] + [pc.sum(pc.less(ids, cut)).as_py() or 0 for cut in cuts] + [table.num_rows]
         target = directory / f"{part.parent.name}-{part.stem}.arrow"
-        ranges = []
+        batch_of = {}
         with pa.OSFile(str(target), "wb") as sink, ipc.new_file(sink, SPAN_SCHEMA) as writer:
-            for start, end in itertools.pairwise(starts):
+            for piece, (start, end) in enumerate(itertools.pairwise(starts)):
                 if end > start:
-                    piece = table.slice(start, end - start)
-                    ranges.append((ids[start].as_py(), ids[end - 1].as_py()))
-                    writer.write_table(piece, max_chunksize=end - start)  # one batch (a chunk per column)
-        return cls(target, ranges)
+                    batch_of[piece] = len(batch_of)
+                    writer.write_table(table.slice(start, end - start), max_chunksize=end - start)  # one batch
+        return cls(target, batch_of)
 
-    def read(self, low: str | None, high: str | None) -> list[pa.Table]:
+    def read(self, piece: int) -> pa.RecordBatch | None:
+        if piece not in self.batch_of:
+            return None
         with pa.OSFile(str(self.path)) as source:
-            reader = ipc.open_file(source)
-            batches = [reader.get_batch(i) for i, (first, last) in enumerate(self.ranges)
-                       if _overlap(first, last, low, high) is not None]
-        if not batches:
-            return []
-        return [_within(pa.Table.from_batches(batches, SPAN_SCHEMA), low, high)]
+            return ipc.open_file(source).get_batch(self.batch_of[piece])
+
+
+class _DayInputs:
+    """A day's inputs, read a piece at a time: the parts themselves when the day is merged in one piece (no
+    ``cuts``), else their staged copies (:class:`_Staged`)."""
+
+    def __init__(self, paths: list[Path], cuts: list[str], staged: list[_Staged], threads: bool) -> None:
+        self.paths, self.cuts, self.staged, self.threads = paths, cuts, staged, threads
+
+    def piece(self, low: str | None) -> pa.Table:
+        """The rows of the piece starting at trace id ``low`` (None: the first), as a table of many chunks."""
+        if not self.cuts:
+            tables = [_read_part(p, self.threads) for p in self.paths]
+        else:
+            number = 0 if low is None else bisect.bisect_right(self.cuts, low)
+            tables = [pa.Table.from_batches([batch]) for s in self.staged if (batch := s.read(number)) is not None]
+        tables = [t for t in tables if t.num_rows]
+        return pa.concat_tables(tables) if tables else SPAN_SCHEMA.empty_table()
+
+
+def _read_part(path: Path, threads: bool) -> pa.Table:
+    table = pq.ParquetFile(path).read(use_threads=threads)
+    return table.cast(SPAN_SCHEMA) if table.schema != SPAN_SCHEMA else table
 
 
 def _sorted(ids: pa.ChunkedArray) -> bool:
     flat = ids.combine_chunks()
     return bool(pc.all(pc.less_equal(flat.slice(0, len(flat) - 1), flat.slice(1))).as_py())
-
-
-def _overlap(first: str | None, last: str | None, low: str | None, high: str | None) -> bool | None:
-    """Whether the ids from ``first`` to ``last`` lie inside [low, high) (True), straddle a bound (False) or miss
-    it (None); unknown ids straddle."""
-    if first is None or last is None:
-        return False
-    if (high is not None and first >= high) or (low is not None and last < low):
-        return None
-    return not ((high is not None and last >= high) or (low is not None and first < low))
-
-
-def _within(table: pa.Table, low: str | None, high: str | None) -> pa.Table:
-    """The rows of ``table`` with ``low <= trace_id < high`` (``table`` itself when that is every row)."""
-    ids = table["trace_id"]
-    mask = None
-    if low is not None and pc.min(ids).as_py() < low:
-        mask = pc.greater_equal(ids, low)
-    if high is not None and pc.max(ids).as_py() >= high:
-        below = pc.less(ids, high)
-        mask = below if mask is None else pc.and_(mask, below)
-    return table.filter(mask) if mask is not None else table
-
-
-def _read(sources: list[Path | _Staged], low: str | None, high: str | None, footers: _Footers,
-          threads: bool) -> pa.Table:
-    """The rows of ``sources`` with ``low <= trace_id < high``, as a table of many chunks (nothing is copied).
-
-    A Parquet input is read skipping row groups whose ``trace_id`` statistics lie outside the range (compacted
-    parts are sorted in 8,192-row groups); only row groups straddling a bound are filtered. Measured faster and
-    leaner than a dataset scan over all the files, which reads ahead several files at once. A staged input reads
-    the batches in range.
-    """
-    tables = []
-    for source in sources:
-        if isinstance(source, _Staged):
-            tables.extend(source.read(low, high))
-            continue
-        pf = footers.open(source)
-        column = pf.schema_arrow.get_field_index("trace_id")
-        inside, straddling = [], []
-        for i in range(pf.metadata.num_row_groups):
-            stats = pf.metadata.row_group(i).column(column).statistics
-            known = stats is not None and stats.has_min_max
-            kind = _overlap(stats.min if known else None, stats.max if known else None, low, high)
-            if kind is not None:
-                (inside if kind else straddling).append(i)
-        if inside:
-            tables.append(pf.read_row_groups(inside, use_threads=threads))
-        if straddling:
-            tables.append(_within(pf.read_row_groups(straddling, use_threads=threads), low, high))
-    tables = [t.cast(SPAN_SCHEMA) if t.schema != SPAN_SCHEMA else t for t in tables if t.num_rows]
-    if not tables:
-        return SPAN_SCHEMA.empty_table()
-    return pa.concat_tables(tables)
 
 
 def _merge(table: pa.Table, deleted: pa.Array) -> tuple[pa.Array, int, int]:
