@@ -161,10 +161,6 @@ class Ingestor:
         """Decode, log durably and buffer one request. Raises MalformedRequest, Overloaded, StorageUnavailable."""
         self.admit()
         built = self.decode(fmt, body, received_unix_nano)
-        return self.accept_decoded(fmt, body, received_unix_nano, built)
-
-    def accept_decoded(self, fmt: WireFormat, body: bytes, received_unix_nano: int,
-                       built: BuiltBatch) -> AcceptResult:
         self.commit(self.log(fmt, body, received_unix_nano, built))
         return result_of(built)
 

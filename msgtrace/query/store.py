@@ -119,32 +119,27 @@ class Store:
         return _polars(self.trace_result(trace_id))
 
     def trace_result(self, trace_id: str) -> QueryResult:
-        tid = check_trace_id(trace_id)
-        result = self.engine.run(named_query("trace_spans"), {"trace_id": tid}, trace_id=tid,
-                                 max_rows=self.max_trace_spans)
-        if not result.table.num_rows:
-            raise TraceNotFound(f"no trace with id {trace_id.lower()}")
-        return result
+        return self._one_trace(named_query("trace_spans"), trace_id, self.max_trace_spans)
 
     def tree(self, trace_id: str) -> pl.DataFrame:
         """The spans of one trace in tree order, with ``depth``, ``parent_id``, ``position`` and ``orphan``."""
         return _polars(self.tree_result(trace_id))
 
     def tree_result(self, trace_id: str) -> QueryResult:
+        return self._one_trace("SELECT * FROM span_tree($trace_id)", trace_id, self.max_trace_spans)
+
+    def _one_trace(self, sql: str, trace_id: str, max_rows: int | None = None) -> QueryResult:
+        """``sql`` (with ``$trace_id``) over the parts holding that trace; :class:`TraceNotFound` when it returns
+        nothing."""
         tid = check_trace_id(trace_id)
-        result = self.engine.run("SELECT * FROM span_tree($trace_id)", {"trace_id": tid}, trace_id=tid,
-                                 max_rows=self.max_trace_spans)
+        result = self.engine.run(sql, {"trace_id": tid}, trace_id=tid, max_rows=max_rows)
         if not result.table.num_rows:
-            raise TraceNotFound(f"no trace with id {trace_id.lower()}")
+            raise TraceNotFound(f"no trace with id {tid}")
         return result
 
     def trace_summary(self, trace_id: str) -> dict[str, Any]:
         """The ``traces`` row of one trace."""
-        tid = check_trace_id(trace_id)
-        result = self.engine.run("SELECT * FROM traces WHERE trace_id = $trace_id", {"trace_id": tid}, trace_id=tid)
-        if not result.table.num_rows:
-            raise TraceNotFound(f"no trace with id {trace_id.lower()}")
-        return result.rows()[0]
+        return self._one_trace("SELECT * FROM traces WHERE trace_id = $trace_id", trace_id).rows()[0]
 
     def stats(self, by: str = "workflow", *, since: dt.datetime | str | None = None,
               until: dt.datetime | str | None = None) -> pl.DataFrame:
