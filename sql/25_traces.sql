@@ -19,8 +19,8 @@ CREATE OR REPLACE TABLE trace_summaries_shape AS
 SELECT *, false AS shared, CAST(0 AS BIGINT) AS computed_at, CAST(NULL AS VARCHAR) AS part
 FROM trace_rows('spans') LIMIT 0;
 CREATE OR REPLACE VIEW trace_summaries AS SELECT * FROM trace_summaries_shape;
--- shared_traces: the ids with a flagged row (compaction writes those rows first in each file, so row-group
--- statistics on `shared` let this read one row group per file).
+-- shared_traces: the ids with a flagged row (compaction writes those rows in row groups of their own, first in each
+-- file, so row-group statistics on `shared` let this skip every other row group).
 CREATE OR REPLACE VIEW shared_traces AS SELECT DISTINCT trace_id FROM trace_summaries WHERE shared;
 
 CREATE OR REPLACE VIEW redo_ids AS SELECT DISTINCT trace_id FROM fresh_source;
