@@ -91,6 +91,8 @@ class IngestConfig:
     # ~12 KB of server memory per span while it is built: 10,008 spans took RSS from 211 to 335 MB, 0.35 s of CPU
     # and 10.7 MB of JSON (tests/test_odd_data.py).
     query_max_trace_spans: int = 20_000
+    # REST queries running at once; one more is answered 503 + Retry-After (see msgtrace/server/query_calls.py)
+    query_slots: int = 2
 
     # --- compaction and retention (msgtrace/storage/compactor.py, msgtrace/storage/retired.py) ----------------
     compaction_interval: float = 30.0  # seconds between background compaction passes; 0 turns them off
@@ -129,8 +131,8 @@ class IngestConfig:
             raise ValueError(f"fsync must be one of {', '.join(FSYNC_POLICIES)}, not {self.fsync!r}")
         if not 0 < self.port < 65536:
             raise ValueError(f"port must be between 1 and 65535, not {self.port}")
-        for name in ("query_timeout", "query_max_rows", "query_max_trace_spans", "flush_interval", "flush_bytes",
-                     "buffer_limit_bytes", "wal_limit_bytes", "max_request_bytes", "max_inflight_bytes",
+        for name in ("query_timeout", "query_max_rows", "query_max_trace_spans", "query_slots", "flush_interval",
+                     "flush_bytes", "buffer_limit_bytes", "wal_limit_bytes", "max_request_bytes", "max_inflight_bytes",
                      "decode_concurrency", "storage_stall_seconds", "max_attribute_value_bytes", "wal_segment_bytes",
                      "row_group_spans"):
             if getattr(self, name) <= 0:

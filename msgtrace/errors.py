@@ -6,6 +6,7 @@
     │   ├── PayloadTooLarge       413: over the body limit on the wire or after decompression
     │   └── UnsupportedMedia      415: unknown Content-Type or Content-Encoding
     ├── Overloaded                503 + Retry-After: buffer, WAL or in-flight budget used up; retry soon
+    │   └── QueriesBusy           503 + Retry-After: every REST query slot is taken (msgtrace/server/query_calls.py)
     ├── StorageUnavailable        503 + Retry-After: the WAL cannot be written (disk full, I/O error)
     └── DataDirLocked             another process owns the data directory (the CLI exits non-zero)
 """

@@ -34,7 +34,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Self
 
 import duckdb
 import httpx
@@ -236,7 +236,29 @@ class Answer(NamedTuple):
     retry_after: str | None
 
 
-class LoadClients:
+class ClientThreads:
+    """``clients`` threads, each running ``self._run(client)`` until ``stop`` is set. A context manager: they run
+    inside ``with``."""
+
+    def __init__(self, clients: int) -> None:
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(c,), daemon=True) for c in range(clients)]
+
+    def __enter__(self) -> Self:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=30)
+
+    def _run(self, client: int) -> None:
+        raise NotImplementedError
+
+
+class LoadClients(ClientThreads):
     """``clients`` threads POSTing new spans back to back (``body(client, seq)``, one request every ``pause``
     seconds each); a refused request is not resent, so an acked one must be stored. Records every answer, the
     acked requests and anything but a 200 or 503 (``bad``). A context manager: the load runs inside ``with``."""
@@ -247,19 +269,8 @@ class LoadClients:
         self.acked: dict[tuple[int, int], float] = {}  # request -> monotonic time of its 200
         self.answers: list[Answer] = []
         self.bad: list[str] = []
-        self.stop = threading.Event()
         self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._run, args=(c,), daemon=True) for c in range(clients)]
-
-    def __enter__(self) -> LoadClients:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=30)
+        super().__init__(clients)
 
     def _run(self, client: int) -> None:
         seq = 0

@@ -31,8 +31,9 @@ NESTED = "2696f4701a86a3602fc274ae431deec3"  # msgtrace SDK: 11 spans, 3 levels
 REMOTE_PARENT = "4bf92f3577b34da6a3ce929d0e0e4736"  # its root's parent lives in another service
 ONE_SPAN = "25ebe95aa397fa53837ef4296788d5e1"  # a msgflux module: a single-span trace
 PROTOBUF = {"content-type": "application/x-protobuf"}
-ERROR_CODES = {"/api/v1/traces": {"400", "422", "504"}, "/api/v1/traces/{trace_id}": {"400", "404", "504"},
-               "/api/v1/traces/{trace_id}/tree": {"400", "404", "504"}, "/api/v1/stats": {"400", "422", "504"}}
+ANY_QUERY = {"403", "500", "503", "504"}  # Host check, store failure, query slots busy, time limit
+ERROR_CODES = {"/api/v1/traces": {"400", "422"} | ANY_QUERY, "/api/v1/traces/{trace_id}": {"400", "404"} | ANY_QUERY,
+               "/api/v1/traces/{trace_id}/tree": {"400", "404"} | ANY_QUERY, "/api/v1/stats": {"400", "422"} | ANY_QUERY}
 
 # --- the independent computation ---------------------------------------------------------------------------------
 # s: spans, one per (trace_id, span_id); root: the span without a stored parent (parentless first, then earliest);
@@ -436,7 +437,14 @@ def test_health_and_ingest_paths_unaffected(loaded: Server, client: httpx.Client
     assert client.get("/health").status_code == 200
     path, headers, body, _ = capture("msgflux_agent")  # POST /api/v1/traces/export still reaches the receiver
     assert loaded.post(path, body, headers).status_code == 200
-    assert_error(client.get("/api/v1/traces/export"), 400, "bad_request")
+    # The OTLP path takes POST only: other methods are a 405 naming it, not a malformed trace id "export" (400).
+    for method in ("GET", "DELETE", "PUT"):
+        response = client.request(method, "/api/v1/traces/export")
+        assert_error(response, 405, "method_not_allowed")
+        assert response.headers["allow"] == "POST"
+    response = client.request("OPTIONS", f"/api/v1/traces/{NESTED}")
+    assert_error(response, 405, "method_not_allowed")
+    assert response.headers["allow"] == "DELETE, GET"  # every method of the path, not only the first route's
 
 
 # --- live buffer, odd values -------------------------------------------------------------------------------------

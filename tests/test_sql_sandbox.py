@@ -128,6 +128,9 @@ def refused_cases(data_dir: Path) -> list[tuple[str, str]]:
         ("SELECT 1; SELECT 2", "exactly one SQL statement"),
         (f"EXPLAIN ANALYZE COPY (SELECT 1) TO '{spans}/y.csv'", NOT_SELECT),
         ("CALL pragma_version()", NOT_SELECT),
+        (f"EXPORT DATABASE '{spans}'", NOT_SELECT),  # writes a copy of every table into a directory
+        (f"IMPORT DATABASE '{spans}'", NOT_SELECT),
+        ("CHECKPOINT", NOT_SELECT),
         # SELECTs for DuckDB's parser, refused by the sandbox database's settings
         ("SELECT * FROM read_csv('/etc/passwd')", DENIED),
         ("SELECT * FROM read_parquet('~/.cache/x.parquet')", DENIED),
@@ -135,6 +138,10 @@ def refused_cases(data_dir: Path) -> list[tuple[str, str]]:
         ("SELECT * FROM glob('/etc/*')", DENIED),
         (f"SELECT * FROM read_text('{spans}/../wal/*')", DENIED),
         (f"SELECT * FROM glob('{spans}/*')", DENIED),  # only the snapshot's files, not the directory
+        # the store's own files beside the Parquet parts: the WAL, the lock file
+        (f"SELECT * FROM read_blob('{spans}/../wal/*')", DENIED),
+        (f"SELECT * FROM parquet_metadata('{spans}/../wal/x')", DENIED),
+        (f"SELECT * FROM read_csv('{spans}/../LOCK')", DENIED),
         ("SELECT * FROM read_csv('https://example.com/x.csv')", DENIED),
         ("SELECT * FROM duckdb_extensions()", DENIED),
         # DuckDB 2.0 parses a data-modifying CTE as a SELECT: the sandbox holds no table it could change

@@ -225,18 +225,25 @@ def _timestamp(value: dt.datetime | dt.date | str | None, name: str) -> dt.datet
         return _utc_naive(value) if value is not None else None
     if isinstance(value, dt.date):
         return dt.datetime(value.year, value.month, value.day)
+    text = value.strip()
+    if text[-1:] in ("Z", "z"):  # RFC 3339 allows a lower-case z (and t, which fromisoformat takes as it is)
+        text = text[:-1] + "+00:00"
     try:
-        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        parsed = dt.datetime.fromisoformat(text)
     except ValueError:
         raise InvalidArgument(f"{name} must be an ISO date or time (2026-11-24 or 2026-11-24T10:00:00Z), "
-                              f"not {value!r}") from None
+                              f"not {value!r:.80}") from None
     return _utc_naive(parsed)
 
 
 def _utc_naive(value: dt.datetime) -> dt.datetime:
-    """Timestamps in the views are naive UTC."""
+    """Timestamps in the views are naive UTC. A time whose UTC falls outside what a datetime holds (the first hour
+    of year 1 at +01:00; the last of 9999 at -01:00) becomes the earliest or latest one: a bound no span is past."""
     if value.tzinfo is not None:
-        value = value.astimezone(dt.UTC).replace(tzinfo=None)
+        try:
+            value = value.astimezone(dt.UTC).replace(tzinfo=None)
+        except OverflowError:
+            return dt.datetime.min if value.year == dt.MINYEAR else dt.datetime.max
     return value
 
 

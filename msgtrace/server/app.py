@@ -8,6 +8,7 @@ once and where the rest is refused: :mod:`msgtrace.server.admission`.
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -37,17 +38,34 @@ if TYPE_CHECKING:
     from msgtrace.query.store import Store
 
 OTLP_PATHS = ("/v1/traces", "/api/v1/traces/export")
+# google.rpc.Status, in the request's format (JSON when the Content-Type was not understood), as OTLP/HTTP requires.
+_STATUS = {"application/json": {"schema": {"type": "object", "required": ["code", "message"], "properties": {
+               "code": {"type": "integer", "description": "The gRPC status code."},
+               "message": {"type": "string"}}}},
+           "application/x-protobuf": {"schema": {"type": "string", "format": "binary"}}}
 _OTLP_RESPONSES = {
     200: {"description": "Accepted: every span counted is durable (in the WAL) and queryable. `partial_success` "
                          "says how many spans were rejected (bad ids) or had values cut.",
-          "content": {"application/x-protobuf": {}, "application/json": {"example": {}}}},
-    400: {"description": "Undecodable body: not OTLP protobuf/JSON, corrupt or truncated compression, too deep."},
-    413: {"description": "Body larger than the limit, on the wire or after decompression."},
+          "content": {"application/x-protobuf": {"schema": {"type": "string", "format": "binary"}},
+                      "application/json": {"schema": {"type": "object"}, "example": {}}}},
+    400: {"description": "Undecodable body: not OTLP protobuf/JSON, corrupt or truncated compression, too deep.",
+          "content": _STATUS},
+    **errors.FORBIDDEN,
+    413: {"description": "Body larger than the limit, on the wire or after decompression.", "content": _STATUS},
     415: {"description": "Content-Type is not application/x-protobuf or application/json, or the "
-                         "Content-Encoding is not gzip, deflate, zstd or none."},
+                         "Content-Encoding is not gzip, deflate, zstd or none.", "content": _STATUS},
     503: {"description": "Overloaded (buffer, WAL or in-flight budget used up, or the WAL's disk stalled; refused "
                          "before the body is read) or storage unavailable. Nothing was kept: retry after "
-                         "`Retry-After` seconds."},
+                         "`Retry-After` seconds.",
+          "content": _STATUS, "headers": errors.RETRY_AFTER_HEADER},
+}
+_OTLP_REQUEST = {
+    "parameters": [{"name": "Content-Encoding", "in": "header", "required": False,
+                    "description": "How the body is compressed (any case); none when absent or empty.",
+                    "schema": {"type": "string", "enum": ["gzip", "x-gzip", "deflate", "zstd", "identity", ""]}}],
+    "requestBody": {"required": True, "description": "An OTLP `ExportTraceServiceRequest`.", "content": {
+        "application/x-protobuf": {"schema": {"type": "string", "format": "binary"}},
+        "application/json": {"schema": {"type": "object", "description": "OTLP/JSON encoding."}}}},
 }
 
 _HEALTH_DESCRIPTION = """Liveness, and the state of the WAL, the buffer, the flushes, the storage and admission.
@@ -145,14 +163,14 @@ def create_app(ingestor: Ingestor) -> FastAPI:
 
     for path in OTLP_PATHS:
         app.add_api_route(
-            path, export, methods=["POST"], responses=_OTLP_RESPONSES, tags=["ingest"],
+            path, export, methods=["POST"], responses=_OTLP_RESPONSES, tags=["ingest"], openapi_extra=_OTLP_REQUEST,
             summary="Receive OTLP/HTTP traces (protobuf or JSON; gzip, deflate, zstd or none)",
             response_class=Response,
         )
 
     @app.get("/health", tags=["health"], summary="Liveness and the state of the WAL, buffer, flushes and storage",
              description=_HEALTH_DESCRIPTION,
-             responses={503: {"description": "The write-ahead log has failed; ingest is refused."}})
+             responses={503: {"description": "The write-ahead log has failed; ingest is refused."}, **errors.FORBIDDEN})
     async def health() -> JSONResponse:
         status = ingestor.status() | {"ingest": admission.status()}
         failed = bool(status["wal"]["failed"])  # type: ignore[index]
@@ -174,6 +192,11 @@ class LazyStore:
             with self._lock:
                 if self._store is None:
                     self._store = self._factory()
+                    # What the server has loaded by now (FastAPI, DuckDB, pyarrow, the views: ~35,000 objects)
+                    # lives as long as it does; frozen, a full garbage collection no longer walks it. Those walks
+                    # ran in query threads while rows became JSON and held the GIL 50-80 ms each, and /health and
+                    # ingest waited for them (three per 20 s run of tests/test_query_safety.py; none > 5 ms after).
+                    gc.freeze()
         return self._store
 
     def close(self) -> None:

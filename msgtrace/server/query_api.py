@@ -2,8 +2,10 @@
 
 No SQL lives here: the endpoints call ``Store.traces_result``, ``trace_result`` + ``trace_summary``, ``tree_result``
 and ``stats_result`` (the views the CLI and the Python API use), and ``POST /sql`` passes the client's SQL to
-``Store.sandboxed_sql``, and turn the rows into JSON with one converter (:func:`json_rows` / :func:`json_row`), all
-of it in a worker thread (:func:`answer` and :func:`call_store`, which also maps msgtrace errors to HTTP).
+``Store.sandboxed_sql``. Each endpoint's answer, the query and its rows turned into JSON with one converter
+(:func:`json_rows` / :func:`json_row`), is built in a worker thread by
+:func:`~msgtrace.server.query_calls.answer`, which also bounds how many run at once and maps msgtrace errors to
+HTTP: nothing of it runs on the event loop that answers ``/health`` and ingest.
 
 JSON encoding of rows (one converter, used by every endpoint):
 
@@ -26,24 +28,23 @@ import datetime as dt
 import decimal
 import functools
 import json
-import logging
 import math
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
-import anyio.to_thread
 import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
-from anyio import CapacityLimiter
 from fastapi import APIRouter, Path, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException
 
-from msgtrace.errors import MsgtraceError
 from msgtrace.query.options import STATS_DIMENSIONS, TRACE_SORTS
-from msgtrace.server.errors import error_schema
+from msgtrace.server.errors import FORBIDDEN, error_schema
+from msgtrace.server.query_calls import answer
 
 if TYPE_CHECKING:
     from msgtrace.query.store import Store
@@ -51,55 +52,7 @@ if TYPE_CHECKING:
 # msgtrace.query.store loads DuckDB (~50 MB), which an ingest-only server never needs: it is imported by the first
 # query. msgtrace.query.options holds the fixed choices without importing it.
 
-log = logging.getLogger("msgtrace.server.query")
-
 router = APIRouter(tags=["query"])
-
-T = TypeVar("T")
-
-# Store calls run in worker threads under their own limiter, not the default one (40 threads) that the OTLP receive
-# path uses for decoding, so a burst of slow queries can delay other queries but never ingestion or /health.
-QUERY_THREADS = 8
-_limiter: CapacityLimiter | None = None
-
-
-async def call_store(request: Request, method: Callable[..., T] | str, *args: Any, **kwargs: Any) -> T:
-    """Run ``method(store, *args, **kwargs)`` (a function, or the name of a Store method) in a worker thread, with
-    msgtrace errors mapped to the one error shape: InvalidArgument / QueryError → 400, TraceNotFound → 404,
-    QueryTimeout → 504 (each error's ``status``); anything else is logged and answered 500.
-
-    The Store itself is built (DuckDB imported, views created) in the worker thread too, by the first query."""
-    global _limiter
-    if _limiter is None:
-        _limiter = CapacityLimiter(QUERY_THREADS)
-    lazy = request.app.state.store
-
-    def run() -> T:
-        store: Store = lazy.get()
-        call = getattr(store, method) if isinstance(method, str) else functools.partial(method, store)
-        return call(*args, **kwargs)
-
-    try:
-        return await anyio.to_thread.run_sync(run, limiter=_limiter)
-    except MsgtraceError as exc:
-        raise HTTPException(exc.status, str(exc)) from None
-    except Exception:
-        log.exception("query failed: %s", getattr(method, "__name__", method))
-        raise HTTPException(500, "internal error while querying the store (see the server log)") from None
-
-
-async def answer(request: Request, build: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any) -> Response:
-    """The JSON answer ``build(store, *args, **kwargs)``, built *and encoded* in the query worker thread by
-    :func:`call_store`. Turning rows into JSON is CPU work that grows with the answer (a 10,008-span trace: ~0.3 s);
-    done on the event loop, it held up ingestion and ``/health`` for that long. msgspec encodes the document 4x
-    faster than the json module (27 vs 113 ms for that trace)."""
-    body = await call_store(request, _encoded, build, *args, **kwargs)
-    return Response(body, media_type="application/json")
-
-
-def _encoded(store: Store, build: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any) -> bytes:
-    return msgspec.json.encode(build(store, *args, **kwargs))
-
 
 # --- JSON encoding of Arrow rows ---------------------------------------------------------------------------------
 _ATTR_FIELDS = frozenset({"type", "str", "bool", "int", "double", "bytes", "json"})
@@ -108,10 +61,49 @@ _ATTR_FIELD_OF = {"string": "str", "bool": "bool", "int": "int", "double": "doub
 _EPOCH = dt.datetime(1970, 1, 1)
 _US_PER_UNIT = {"s": 10**6, "ms": 10**3, "us": 1}
 _DATETIME_US = (-62_135_596_800_000_000, 253_402_300_799_999_999)  # years 1 to 9999, as iso_us writes them
+_ENCODER = msgspec.json.Encoder()
 
 
 def json_rows(table: pa.Table) -> list[dict[str, Any]]:
     """Rows of an Arrow table as JSON-ready dicts (see the module docstring for the encoding)."""
+    return [row for part in _slices(table) for row in _rows(part)]
+
+
+def json_rows_raw(table: pa.Table) -> msgspec.Raw:
+    """The rows of :func:`json_rows` already encoded as one JSON array, to be embedded in an answer as is."""
+    out = bytearray(b"[")
+    for part in _slices(table):  # one growing copy of the JSON, not a list of pieces and then their join
+        if len(out) > 1:
+            out += b","
+        out += _ENCODER.encode(_rows(part))[1:-1]
+        time.sleep(0)  # let go of the GIL: see _SLICE_BYTES
+    out += b"]"
+    return msgspec.Raw(out)
+
+
+# The rows are converted slice by slice, and the GIL is let go after each one (time.sleep(0)), because the event
+# loop (/health, ingest) needs it for every request and would otherwise wait behind the conversion:
+# - Arrow's to_pylist() and msgspec's encode() are C loops that never let go of it: on a 5,152-row spans result,
+#   to_pylist() of `attributes` alone held it for 284 ms;
+# - between bytecodes, CPython hands it over only every 5 ms, and not necessarily to the thread that asked: with
+#   two threads busy in Python, a thread that wanted it back after a 2 ms sleep waited 13 ms at the median and
+#   147 ms at p99; with the busy threads letting go every ~1 ms of work, 0.7 and 0.9 ms.
+# A slice of ~64 KiB of Arrow data is about a millisecond of work (1.2 ms for spans with their attributes; smaller
+# slices cost more per row than they gain).
+_SLICE_BYTES = 64 * 1024
+_SLICE_ROWS = 256
+
+
+def _slices(table: pa.Table) -> Iterator[pa.Table]:
+    if not table.num_rows:
+        return
+    per_row = max(1, table.nbytes // table.num_rows)
+    step = max(1, min(_SLICE_ROWS, _SLICE_BYTES // per_row))
+    for start in range(0, table.num_rows, step):
+        yield table.slice(start, step)
+
+
+def _rows(table: pa.Table) -> list[dict[str, Any]]:
     names = table.column_names
     columns = [_column(table.column(i)) for i in range(table.num_columns)]
     return [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)] if columns else []
@@ -135,14 +127,46 @@ def _column(column: pa.ChunkedArray) -> list[Any]:
         if typ.unit == "ns":
             return [None if v is None else iso_us(v // 1000) for v in ints]
         return [None if v is None else iso_us(v * _US_PER_UNIT[typ.unit]) for v in ints]
-    values = column.to_pylist()
-    # Whole columns at once where the type says enough: a 10,008-span trace took 0.6 s to encode value by value
-    # (deciding per row whether a map held attribute values), past its 2 s bound on a busy 2-core machine.
     if pa.types.is_string(typ) or pa.types.is_integer(typ) or pa.types.is_boolean(typ):
-        return values  # already JSON values
+        return column.to_pylist()  # JSON values as they are: no call per value
+    if pa.types.is_floating(typ):
+        return [v if v is None or math.isfinite(v) else None for v in column.to_pylist()]
     if pa.types.is_map(typ) and _is_attr_value(typ.item_type):
-        return [None if v is None else {k: _attr(a) for k, a in v} for v in values]
-    return [_value(v, typ) for v in values]
+        return [row for chunk in column.chunks for row in _attribute_maps(chunk)]
+    return [_value(v, typ) for v in column.to_pylist()]
+
+
+def _attribute_maps(maps: pa.MapArray) -> list[dict[str, Any] | None]:
+    """An attribute-map array → one ``{key: {"type": T, "value": V}}`` per row, as :func:`_attr` does per value.
+
+    The struct's fields come out of Arrow a whole column at a time and the common types are picked inline: the
+    attribute maps were 3/4 of the time of encoding a spans result (5 us per attribute through :func:`_value`),
+    and that time holds the GIL that the event loop needs."""
+    offsets = maps.offsets.to_pylist()  # into the unsliced keys and items, as Arrow keeps them
+    first = offsets[0]
+    count = offsets[-1] - first
+    keys = maps.keys.slice(first, count).to_pylist()
+    items = maps.items.slice(first, count)
+    kinds = items.field("type").to_pylist()
+    strs, ints, doubles, bools = (items.field(name).to_pylist() for name in ("str", "int", "double", "bool"))
+    present = items.is_valid().to_pylist()
+    values: list[dict[str, Any] | None] = []
+    for i, kind in enumerate(kinds):
+        if not present[i]:
+            values.append(None)
+        elif kind == "string":
+            values.append({"type": kind, "value": strs[i]})
+        elif kind == "int":
+            values.append({"type": kind, "value": ints[i]})
+        elif kind == "bool":
+            values.append({"type": kind, "value": bools[i]})
+        elif kind == "double" and (doubles[i] is None or math.isfinite(doubles[i])):
+            values.append({"type": kind, "value": doubles[i]})
+        else:  # bytes, array, kvlist, empty, non-finite doubles, unknown types: the general rule
+            values.append(_attr(items[i].as_py()))
+    valid = maps.is_valid().to_pylist()
+    return [dict(zip(keys[a - first:b - first], values[a - first:b - first], strict=True)) if ok else None
+            for ok, a, b in zip(valid, offsets, offsets[1:], strict=False)]
 
 
 def iso_us(us: int) -> str:
@@ -229,14 +253,18 @@ def _attr(value: dict[str, Any] | None) -> dict[str, Any] | None:
 
 # --- OpenAPI ------------------------------------------------------------------------------------------------------
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The error responses of an endpoint that queries the store: ``codes``, and those every such one can give."""
     text = {
         400: "Malformed argument (trace id not 32 hex characters, unknown `sort`/`order`/`status`/`by`, bad ISO "
              "time, `attribute` not key=value) or a failed query.",
         404: "No trace with this id.",
         422: "A query parameter has the wrong type or is out of range (e.g. `limit=0`, `offset=-1`).",
+        500: "The store failed in a way that is not the request's fault (the server log says why).",
         504: "The query ran past the server's query time limit (`MSGTRACE_QUERY_TIMEOUT`) and was stopped.",
     }
-    return {code: error_schema(text[code]) for code in codes}
+    busy = error_schema("Every query slot is taken by queries still running: retry after `Retry-After` seconds.",
+                        retry_after=True)
+    return {**FORBIDDEN, **{code: error_schema(text[code]) for code in (*codes, 500, 504)}, 503: busy}
 
 
 def _ok(description: str, example: dict[str, Any]) -> dict[int | str, dict[str, Any]]:
@@ -260,7 +288,26 @@ _SPAN_EXAMPLE = {"trace_id": "2696f4701a86a3602fc274ae431deec3", "span_id": "e97
                  "model": "gpt-4o", "attributes": {"gen_ai.request.model": {"type": "string", "value": "gpt-4o"}},
                  "events": [], "links": [], "…": "every column of the spans view"}
 TraceIdPath = Path(description="The trace id: 32 hexadecimal characters, any case. Anything else is a 400.",
-                   examples=["2696f4701a86a3602fc274ae431deec3"])
+                   examples=["2696f4701a86a3602fc274ae431deec3"],
+                   json_schema_extra={"pattern": "^[0-9a-fA-F]{32}$"})  # checked by Store (400), not here (422)
+
+
+class TraceIdSegment(Convertor[str]):
+    """The ``{trace_id}`` segment of the trace routes: any segment but ``export``, which belongs to the OTLP path
+    ``/api/v1/traces/export`` (POST only); matched as a trace id, a GET there was a 400 for a malformed id instead
+    of a 405. Malformed ids are still routed here, to be refused with a 400 that says why."""
+
+    regex = "(?!export$)[^/]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("trace_id", TraceIdSegment())
+_TIME_SCHEMA = {"anyOf": [{"type": "string", "format": "date"}, {"type": "string", "format": "date-time"}]}
 
 
 # --- endpoints ----------------------------------------------------------------------------------------------------
@@ -273,13 +320,15 @@ TraceIdPath = Path(description="The trace id: 32 hexadecimal characters, any cas
                 "last (shorter than `limit`). " + _ENCODING,
     responses={**_ok("A page of traces.", {"traces": [_TRACE_ROW], "limit": 50, "offset": 0, "count": 1,
                                            "next_offset": None}),
-               **_errors(400, 422, 504)},
+               **_errors(400, 422)},
 )
 async def list_traces(
     request: Request,
     since: str | None = Query(None, description="Only traces starting at or after this ISO 8601 date or time "
-                                                "(UTC unless an offset is given), e.g. `2026-11-24T10:00:00Z`."),
-    until: str | None = Query(None, description="Only traces starting before this ISO 8601 date or time."),
+                                                "(UTC unless an offset is given), e.g. `2026-11-24T10:00:00Z`.",
+                              json_schema_extra=_TIME_SCHEMA),
+    until: str | None = Query(None, description="Only traces starting before this ISO 8601 date or time.",
+                              json_schema_extra=_TIME_SCHEMA),
     service: str | None = Query(None, description="Service name of the trace's root, or of any of its spans."),
     workflow: str | None = Query(None, description="Workflow: the root's `workflow.name`, else its "
                                                    "`msgflux.workflow.name`, else the root span's name."),
@@ -294,7 +343,8 @@ async def list_traces(
     session_id: str | None = Query(None, description="The trace's session id (the root's, else any span's)."),
     attribute: str | None = Query(None, description="`key=value`: some span or resource attribute `key` whose "
                                                     "value, rendered as text, equals `value`.",
-                                  examples=["gen_ai.request.model=gpt-4o"]),
+                                  examples=["gen_ai.request.model=gpt-4o"],
+                                  json_schema_extra={"pattern": "^[^=]+="}),  # checked by Store (400)
     sort: str = Query("start_time", description="Sort key.", json_schema_extra={"enum": list(TRACE_SORTS)}),
     order: str = Query("desc", description="Sort direction (nulls always last).",
                        json_schema_extra={"enum": ["desc", "asc"]}),
@@ -304,20 +354,22 @@ async def list_traces(
     if order.lower() not in ("asc", "desc"):
         raise HTTPException(400, f"order must be asc or desc, not {order!r:.80}")
 
-    def page(store: Store) -> dict[str, Any]:
-        rows = json_rows(store.traces_result(
+    def build(store: Store) -> dict[str, Any]:
+        result = store.traces_result(
             since=since, until=until, service=service, workflow=workflow, status=status,
             min_duration_ms=min_duration_ms, max_duration_ms=max_duration_ms, model=model, user_id=user_id,
             session_id=session_id, attribute=attribute, sort=sort, descending=order.lower() == "desc", limit=limit,
-            offset=offset).table)
-        return {"traces": rows, "limit": limit, "offset": offset, "count": len(rows),
-                "next_offset": offset + limit if len(rows) == limit else None}
+            offset=offset,
+        )
+        count = result.table.num_rows
+        return {"traces": json_rows_raw(result.table), "limit": limit, "offset": offset, "count": count,
+                "next_offset": offset + limit if count == limit else None}
 
-    return await answer(request, page)
+    return await answer(request, build)
 
 
 @router.get(
-    "/traces/{trace_id}",
+    "/traces/{trace_id:trace_id}",
     summary="One trace: its summary and every span",
     description="`trace` is the trace's row of the `traces` view (as in the list); `spans` are all its spans in "
                 "start order, with every column of the `spans` view, including `attributes`, "
@@ -325,7 +377,7 @@ async def list_traces(
                 "than the server's cap for one trace (`MSGTRACE_QUERY_MAX_TRACE_SPANS`, 20,000 by default; the row "
                 "cap of other queries does not apply). " + _ENCODING,
     responses={**_ok("The trace.", {"trace": _TRACE_ROW, "spans": [_SPAN_EXAMPLE], "truncated": False}),
-               **_errors(400, 404, 504)},
+               **_errors(400, 404)},
 )
 async def get_trace(request: Request, trace_id: str = TraceIdPath) -> Response:
     return await answer(request, _trace_document, trace_id)
@@ -334,25 +386,25 @@ async def get_trace(request: Request, trace_id: str = TraceIdPath) -> Response:
 def _trace_document(store: Store, trace_id: str) -> dict[str, Any]:
     spans = store.trace_result(trace_id)  # validates the id (400) before any SQL; 404 when unknown
     summary = store.trace_summary(trace_id)
-    return {"trace": json_row(summary), "spans": json_rows(spans.table), "truncated": spans.truncated}
+    return {"trace": json_row(summary), "spans": json_rows_raw(spans.table), "truncated": spans.truncated}
 
 
 @router.delete(
-    "/traces/{trace_id}",
+    "/traces/{trace_id:trace_id}",
     summary="Delete one trace",
     description="Hides the trace from every view at once — the trace list, its detail and tree, stats, SQL, the CLI "
                 "and the DuckDB shell — whether its spans are in Parquet files or still in memory, and also spans of "
                 "it that arrive later. The data files are not rewritten: a tombstone under `deletes/` lists the "
                 "trace, and compaction removes its rows physically.",
-    responses={**_ok("Deleted.", {"deleted": "2696f4701a86a3602fc274ae431deec3"}), **_errors(400, 404, 504)},
+    responses={**_ok("Deleted.", {"deleted": "2696f4701a86a3602fc274ae431deec3"}), **_errors(400, 404)},
 )
-async def delete_trace(request: Request, trace_id: str = TraceIdPath) -> JSONResponse:
-    deleted = await call_store(request, "delete_trace", trace_id)  # validates the id (400); 404 when unknown
-    return JSONResponse({"deleted": deleted})
+async def delete_trace(request: Request, trace_id: str = TraceIdPath) -> Response:
+    # Store.delete_trace validates the id (400) and answers 404 for an unknown one.
+    return await answer(request, lambda store: {"deleted": store.delete_trace(trace_id)})
 
 
 @router.get(
-    "/traces/{trace_id}/tree",
+    "/traces/{trace_id:trace_id}/tree",
     summary="The span tree of one trace",
     description="The trace's spans in depth-first tree order (siblings by start time), each with every span column "
                 "plus `depth` (0 for the root), `parent_id` (the parent in the tree; null for the root), "
@@ -363,14 +415,14 @@ async def delete_trace(request: Request, trace_id: str = TraceIdPath) -> JSONRes
     responses={**_ok("The tree.", {"trace_id": "2696f4701a86a3602fc274ae431deec3", "truncated": False,
                                    "spans": [{**_SPAN_EXAMPLE, "depth": 2, "parent_id": "13486e427462a449",
                                               "position": 4, "orphan": False}]}),
-               **_errors(400, 404, 504)},
+               **_errors(400, 404)},
 )
 async def get_tree(request: Request, trace_id: str = TraceIdPath) -> Response:
-    def tree(store: Store) -> dict[str, Any]:
+    def build(store: Store) -> dict[str, Any]:
         result = store.tree_result(trace_id)  # validates the id (400) before any SQL
-        return {"trace_id": trace_id.lower(), "spans": json_rows(result.table), "truncated": result.truncated}
+        return {"trace_id": trace_id.lower(), "spans": json_rows_raw(result.table), "truncated": result.truncated}
 
-    return await answer(request, tree)
+    return await answer(request, build)
 
 
 @router.get(
@@ -387,20 +439,22 @@ async def get_tree(request: Request, trace_id: str = TraceIdPath) -> Response:
         {"model": "gpt-4o", "count": 812, "errors": 12, "error_rate": 0.0148, "p50_ms": 950.1, "p95_ms": 2410.7,
          "p99_ms": 3990.2, "input_tokens": 1200000, "output_tokens": 98000, "total_tokens": 1298000,
          "cost": 4.21}]}),
-               **_errors(400, 422, 504)},
+               **_errors(400, 422)},
 )
 async def stats(
     request: Request,
     by: str = Query("workflow", description="The dimension to group by.",
                     json_schema_extra={"enum": list(STATS_DIMENSIONS)}),
-    since: str | None = Query(None, description="Only what started at or after this ISO 8601 date or time."),
-    until: str | None = Query(None, description="Only what started before this ISO 8601 date or time."),
+    since: str | None = Query(None, description="Only what started at or after this ISO 8601 date or time.",
+                              json_schema_extra=_TIME_SCHEMA),
+    until: str | None = Query(None, description="Only what started before this ISO 8601 date or time.",
+                              json_schema_extra=_TIME_SCHEMA),
 ) -> Response:
-    def aggregates(store: Store) -> dict[str, Any]:
+    def build(store: Store) -> dict[str, Any]:
         result = store.stats_result(by, since=since, until=until)
-        return {"by": by, "rows": json_rows(result.table), "truncated": result.truncated}
+        return {"by": by, "rows": json_rows_raw(result.table), "truncated": result.truncated}
 
-    return await answer(request, aggregates)
+    return await answer(request, build)
 
 
 class SqlRequest(BaseModel):
@@ -411,7 +465,7 @@ class SqlRequest(BaseModel):
                      examples=["SELECT workflow, count(*) AS n FROM traces GROUP BY ALL ORDER BY n DESC"])
     params: dict[str, Any] | list[Any] | None = Field(
         None, description="Values for `$name` (an object) or `?` / `$1` (an array) placeholders.")
-    max_rows: int | None = Field(None, ge=0, description="Rows to return at most; never more than the server's "
+    max_rows: int | None = Field(None, ge=0, strict=True, description="Rows to return at most; never more than the server's "
                                                          "row cap (`MSGTRACE_QUERY_MAX_ROWS`), which is the default.")
 
 
@@ -430,12 +484,12 @@ class SqlRequest(BaseModel):
                400: error_schema("Not exactly one SELECT statement (INSERT, COPY, ATTACH, SET, PRAGMA, several "
                                  "statements, …), a SQL error, or a SELECT that reaches outside the store, e.g. "
                                  "`read_csv('/etc/passwd')` (a permission error)."),
-               **_errors(422, 504)},
+               **_errors(422)},
 )
 async def run_sql(request: Request, body: SqlRequest) -> Response:
-    def rows(store: Store) -> dict[str, Any]:
+    def build(store: Store) -> dict[str, Any]:
         result = store.sandboxed_sql(body.sql, body.params, max_rows=body.max_rows)
-        return {"columns": result.table.column_names, "rows": json_rows(result.table),
+        return {"columns": result.table.column_names, "rows": json_rows_raw(result.table),
                 "truncated": result.truncated, "elapsed_ms": round(result.elapsed_ms, 3)}
 
-    return await answer(request, rows)
+    return await answer(request, build)
