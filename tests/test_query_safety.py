@@ -33,7 +33,7 @@ import pytest
 
 from msgtrace.synthetic import build_workload
 from tests.conftest import Server, running_server
-from tests.faults import ClientThreads, LoadClients
+from tests.faults import ClientThreads, LoadClients, collector_paused
 
 STRESS = os.environ.get("MSGTRACE_STRESS") == "1"
 QUERY_TIMEOUT = 2.0
@@ -207,7 +207,7 @@ def test_ingest_and_health_stay_fast_while_hostile_queries_run(srv: Server) -> N
     child.start()
     try:
         assert running.wait(30), "the query clients did not start"
-        with HealthPoller(srv.url, HEALTH_EVERY) as health, \
+        with collector_paused(), HealthPoller(srv.url, HEALTH_EVERY) as health, \
                 LoadClients(srv.url, lambda client, seq: bodies[seq % len(bodies)], clients=1,
                             pause=1 / INGEST_RATE) as ingest:
             time.sleep(LOAD_SECONDS)

@@ -21,6 +21,7 @@ import pytest
 
 from msgtrace.query.engine import QueryEngine
 from tests.conftest import Server, capture
+from tests.faults import collector_paused
 
 NESTED = "2696f4701a86a3602fc274ae431deec3"  # msgtrace SDK: 11 spans, 3 levels
 ON_DISK = ("msgtrace_sdk_activated", "msgflux_pipeline")
@@ -225,7 +226,7 @@ def test_runaway_query_times_out_while_ingest_and_health_answer(srv: Server) -> 
     assert thread.is_alive()
     assert post_capture(srv, LIVE).status_code == 200
     latencies = []
-    with httpx.Client() as client:
+    with collector_paused(), httpx.Client() as client:
         while thread.is_alive() and time.monotonic() - started < 10:
             t0 = time.perf_counter()
             assert client.get(f"{srv.url}/health", timeout=5).status_code == 200

@@ -29,7 +29,7 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from tests.conftest import Server
-from tests.faults import LoadClients, LoopFilesystem, assert_stored_once
+from tests.faults import LoadClients, LoopFilesystem, assert_stored_once, collector_paused
 
 STRESS = os.environ.get("MSGTRACE_STRESS") == "1"
 STALLS = 3 if STRESS else 1
@@ -164,7 +164,7 @@ def test_health_shows_a_hung_disk(hung_disk: LoopFilesystem) -> None:
     timings: list[float] = []  # seconds each /health took
     try:
         server.start()
-        with httpx.Client(base_url=server.url, timeout=5) as http, \
+        with collector_paused(), httpx.Client(base_url=server.url, timeout=5) as http, \
                 LoadClients(server.url, request_body, 2, 0.05) as clients:
 
             def health() -> dict:
