@@ -93,6 +93,10 @@ class IngestConfig:
     query_max_trace_spans: int = 20_000
     # REST queries running at once; one more is answered 503 + Retry-After (see msgtrace/server/query_calls.py)
     query_slots: int = 2
+    # Memory one POST /sql query's DuckDB database may use; past it the query fails (400) instead of the server
+    # growing. Without a limit, one hostile query reached 2.5-6.3 GB of RSS before the 10 s time limit stopped it
+    # (count(DISTINCT) / list() / string_agg() over range(10^9)); with 1 GiB, 0.6-1.1 GB, stopped within 1.7 s.
+    query_memory_bytes: int = 1024 * MiB
 
     # --- compaction and retention (msgtrace/storage/compactor.py, msgtrace/storage/retired.py) ----------------
     compaction_interval: float = 30.0  # seconds between background compaction passes; 0 turns them off
@@ -131,7 +135,8 @@ class IngestConfig:
             raise ValueError(f"fsync must be one of {', '.join(FSYNC_POLICIES)}, not {self.fsync!r}")
         if not 0 < self.port < 65536:
             raise ValueError(f"port must be between 1 and 65535, not {self.port}")
-        for name in ("query_timeout", "query_max_rows", "query_max_trace_spans", "query_slots", "flush_interval",
+        for name in ("query_timeout", "query_max_rows", "query_max_trace_spans", "query_slots", "query_memory_bytes",
+                     "flush_interval",
                      "flush_bytes", "buffer_limit_bytes", "wal_limit_bytes", "max_request_bytes", "max_inflight_bytes",
                      "decode_concurrency", "storage_stall_seconds", "max_attribute_value_bytes", "wal_segment_bytes",
                      "row_group_spans"):

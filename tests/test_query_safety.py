@@ -2,6 +2,8 @@
 
 - A runaway query (a count over 10^12 rows, a cross join of two million-row ranges) is interrupted at the query time
   limit and answered 504 in the one error shape, as the OpenAPI spec documents, within the limit + 0.5 s.
+- A query that needs more memory than a query may use (``MSGTRACE_QUERY_MEMORY_BYTES``) fails with 400 and says so,
+  and the server's peak RSS grows by at most that limit (one such query reached 2.5-6.3 GB before the limit).
 - An over-large result is cut at the row cap (``truncated: true``) while DuckDB streams it: the server's peak RSS
   grows by about what the capped answer needs, never by what the whole result would (here 80 MB to 10 GB).
 - While four clients send such queries back to back (and the widest answer there is, 10,000 spans with their
@@ -39,6 +41,7 @@ STRESS = os.environ.get("MSGTRACE_STRESS") == "1"
 QUERY_TIMEOUT = 2.0
 TIMEOUT_MARGIN = 0.5  # seconds past the limit within which a stopped query is answered
 ROW_CAP = 10_000  # the server's default MSGTRACE_QUERY_MAX_ROWS
+QUERY_MEMORY = 256 * 2**20  # MSGTRACE_QUERY_MEMORY_BYTES here (1 GiB by default): reached within the time limit
 LOAD_SECONDS = 60.0 if STRESS else 20.0
 QUERY_CLIENTS = 4
 INGEST_RATE = 20  # requests per second, 8 spans each
@@ -57,12 +60,19 @@ HUGE = {
     "narrow": "SELECT * FROM range(10000000)",
     "wide": "SELECT range AS i, repeat('x', 1000) AS pad FROM range(10000000)",
 }
+# Each grows without bound in memory (a hash table, one list, one string) as DuckDB reads 10^9 rows.
+HUNGRY = {
+    "distinct": "SELECT count(DISTINCT range) FROM range(1000000000)",
+    "list": "SELECT len(list(range)) FROM range(1000000000)",
+    "string_agg": "SELECT length(string_agg(CAST(range AS VARCHAR), ',')) FROM range(1000000000)",
+}
 WIDEST = "SELECT * FROM spans ORDER BY random()"  # every column, attribute maps included, up to the row cap
 
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with running_server(tmp_path_factory, "qsafe", env={"MSGTRACE_QUERY_TIMEOUT": str(QUERY_TIMEOUT)}) as server:
+    env = {"MSGTRACE_QUERY_TIMEOUT": str(QUERY_TIMEOUT), "MSGTRACE_QUERY_MEMORY_BYTES": str(QUERY_MEMORY)}
+    with running_server(tmp_path_factory, "qsafe", env=env) as server:
         with httpx.Client(base_url=server.url, timeout=30) as client:
             for body in build_workload(6000, 250, seed=11).bodies:
                 assert client.post("/v1/traces", content=body, headers=PROTOBUF).status_code == 200
@@ -136,6 +146,30 @@ def test_over_large_result_is_capped_without_growing_rss(srv: Server, kind: str)
           f"{grown / MiB:.1f} MiB (bound {needs / MiB:.0f} MiB)")
     assert grown < needs, (grown, needs)
     assert elapsed < QUERY_TIMEOUT  # streamed and cut, not computed whole
+
+
+@pytest.mark.parametrize("kind", HUNGRY)
+def test_memory_hungry_query_fails_at_the_memory_limit(srv: Server, kind: str) -> None:
+    assert srv.proc is not None
+    with httpx.Client(base_url=srv.url) as client:
+        assert run_sql(client, "SELECT 1 AS one").status_code == 200  # DuckDB loaded before the peak is reset
+        reset_peak_rss(srv.proc.pid)
+        before = peak_rss(srv.proc.pid)
+        started = time.perf_counter()
+        response = run_sql(client, HUNGRY[kind])
+        elapsed = time.perf_counter() - started
+        grown = peak_rss(srv.proc.pid) - before
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert error["status"] == 400
+        assert "needs more memory than the 256 MiB a query may use" in error["message"], error
+        assert "Out of Memory" in error["message"]
+        print(f"{kind}: refused after {elapsed:.2f} s, peak RSS grew {grown / MiB:.0f} MiB "
+              f"(limit {QUERY_MEMORY / MiB:.0f} MiB)")
+        # DuckDB's limit covers its buffers, not every allocation of its own: 64 MiB of slack, not the 2.5-6.3 GB
+        # the same queries reached without a limit.
+        assert grown < QUERY_MEMORY + 64 * MiB, grown / MiB
+        assert run_sql(client, "SELECT 1 AS one").json()["rows"] == [{"one": 1}]
 
 
 # --- ingest and /health while queries run -------------------------------------------------------------------------

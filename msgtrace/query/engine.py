@@ -154,7 +154,8 @@ def check_select(sql: str) -> None:
 
 class QueryEngine:
     def __init__(self, data_dir: Path | str, *, live: LiveSource | None = None, timeout: float = 10.0,
-                 max_rows: int = 10_000, threads: int | None = None, memory_limit: str | None = None) -> None:
+                 max_rows: int = 10_000, threads: int | None = None, memory_limit: str | None = None,
+                 sandbox_memory_bytes: int | None = None) -> None:
         self.layout = StoreLayout(Path(data_dir).expanduser())
         self.timeout = timeout
         self.max_rows = max_rows
@@ -162,6 +163,7 @@ class QueryEngine:
         self._config: dict[str, Any] = {"threads": threads} if threads else {}
         if memory_limit:
             self._config["memory_limit"] = memory_limit
+        self.sandbox_memory_bytes = sandbox_memory_bytes  # each sandbox database's memory_limit; None: DuckDB's
         self._db = duckdb.connect(config=self._config)
         # Parse each part's footer once, not per query (lookups over 268 parts: 110 -> 77 ms, benchmarks/README).
         # DuckDB checks the file's modification time, so a part rewritten by a replay is read afresh.
@@ -313,6 +315,8 @@ class QueryEngine:
             files = self._bind_source(db, traces=traces)
             db.execute(f"SET allowed_paths = [{', '.join(quote_literal(p) for p in files)}]")
             db.execute("SET temp_directory = ''")
+            if self.sandbox_memory_bytes:  # with no temp directory, a query past it fails instead of spilling
+                db.execute(f"SET memory_limit = '{int(self.sandbox_memory_bytes)}B'")
             for setting in SANDBOX_SETTINGS:
                 db.execute(setting)
         except BaseException:
@@ -342,6 +346,9 @@ class QueryEngine:
                 raise QueryTimeout(f"query ran longer than {timer.interval:g} s and was stopped") from None
             if isinstance(exc, OSError):
                 raise
+            if isinstance(exc, duckdb.OutOfMemoryException) and self.sandbox_memory_bytes:
+                raise QueryError(f"the query needs more memory than the {self.sandbox_memory_bytes / 2**20:g} MiB a "
+                                 f"query may use ({str(exc).splitlines()[0]})") from None
             raise QueryError(str(exc).splitlines()[0]) from None
         finally:
             timer.cancel()

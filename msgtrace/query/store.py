@@ -45,11 +45,13 @@ def check_trace_id(trace_id: str) -> str:
 
 class Store:
     def __init__(self, data_dir: Path | str | None = None, *, live: LiveSource | None = None,
-                 timeout: float = 30.0, max_rows: int = 100_000, max_trace_spans: int = 100_000) -> None:
+                 timeout: float = 30.0, max_rows: int = 100_000, max_trace_spans: int = 100_000,
+                 sandbox_memory_bytes: int | None = None) -> None:
         self.data_dir = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
         # One trace is answered whole up to max_trace_spans spans, whatever the row cap of other queries.
         self.max_trace_spans = max_trace_spans
-        self.engine = QueryEngine(self.data_dir, live=live, timeout=timeout, max_rows=max_rows)
+        self.engine = QueryEngine(self.data_dir, live=live, timeout=timeout, max_rows=max_rows,
+                                  sandbox_memory_bytes=sandbox_memory_bytes)
         self._snapshot: Any = None  # the cursor behind LazyFrames; see refresh()
 
     def close(self) -> None:

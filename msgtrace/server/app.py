@@ -115,7 +115,8 @@ def create_app(ingestor: Ingestor) -> FastAPI:
         from msgtrace.query.store import Store
 
         return Store(config.data_dir, live=ingestor.live_table, timeout=config.query_timeout,
-                     max_rows=config.query_max_rows, max_trace_spans=config.query_max_trace_spans)
+                     max_rows=config.query_max_rows, max_trace_spans=config.query_max_trace_spans,
+                     sandbox_memory_bytes=config.query_memory_bytes)
 
     app.state.store = LazyStore(make_store)
     errors.install(app)

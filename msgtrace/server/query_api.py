@@ -476,14 +476,15 @@ class SqlRequest(BaseModel):
                 "refused with 400. It runs on a sandbox database of its own that holds the views over a snapshot "
                 "of the store and can read nothing else: external access is off (only the store's Parquet files "
                 "are readable), extensions cannot be installed or loaded, the configuration is locked. It is "
-                "stopped at the server's time limit (504), and at most `max_rows` rows come back (`truncated` "
-                "says there were more). `columns` are the result's column names, in order; each row is an object "
-                "keyed by them. " + _ENCODING,
+                "stopped at the server's time limit (504), refused past the memory a query may use (400), and at "
+                "most `max_rows` rows come back (`truncated` says there were more). `columns` are the result's "
+                "column names, in order; each row is an object keyed by them. " + _ENCODING,
     responses={**_ok("The result.", {"columns": ["workflow", "n"], "rows": [{"workflow": "support_flow", "n": 812}],
                                      "truncated": False, "elapsed_ms": 12.5}),
                400: error_schema("Not exactly one SELECT statement (INSERT, COPY, ATTACH, SET, PRAGMA, several "
-                                 "statements, …), a SQL error, or a SELECT that reaches outside the store, e.g. "
-                                 "`read_csv('/etc/passwd')` (a permission error)."),
+                                 "statements, …), a SQL error, a SELECT that reaches outside the store, e.g. "
+                                 "`read_csv('/etc/passwd')` (a permission error), or one that needs more memory "
+                                 "than a query may use (`MSGTRACE_QUERY_MEMORY_BYTES`, 1 GiB by default)."),
                **_errors(422)},
 )
 async def run_sql(request: Request, body: SqlRequest) -> Response:
