@@ -124,17 +124,21 @@ def reset_peak_rss(pid: int) -> None:
     Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
+def measured_sql(client: httpx.Client, pid: int, sql: str) -> tuple[httpx.Response, float, int]:
+    """The answer to ``sql``, the seconds it took, and by how many bytes the server's peak RSS grew meanwhile."""
+    reset_peak_rss(pid)
+    before = peak_rss(pid)
+    started = time.perf_counter()
+    response = run_sql(client, sql)
+    return response, time.perf_counter() - started, peak_rss(pid) - before
+
+
 @pytest.mark.parametrize("kind", HUGE)
 def test_over_large_result_is_capped_without_growing_rss(srv: Server, kind: str) -> None:
     assert srv.proc is not None
     with httpx.Client(base_url=srv.url) as client:
         run_sql(client, f"SELECT * FROM ({HUGE[kind]}) LIMIT {ROW_CAP}")  # warm: DuckDB, allocator pools
-        reset_peak_rss(srv.proc.pid)
-        before = peak_rss(srv.proc.pid)
-        started = time.perf_counter()
-        response = run_sql(client, HUGE[kind])
-        elapsed = time.perf_counter() - started
-        grown = peak_rss(srv.proc.pid) - before
+        response, elapsed, grown = measured_sql(client, srv.proc.pid, HUGE[kind])
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["truncated"] is True and len(body["rows"]) == ROW_CAP
@@ -153,12 +157,7 @@ def test_memory_hungry_query_fails_at_the_memory_limit(srv: Server, kind: str) -
     assert srv.proc is not None
     with httpx.Client(base_url=srv.url) as client:
         assert run_sql(client, "SELECT 1 AS one").status_code == 200  # DuckDB loaded before the peak is reset
-        reset_peak_rss(srv.proc.pid)
-        before = peak_rss(srv.proc.pid)
-        started = time.perf_counter()
-        response = run_sql(client, HUNGRY[kind])
-        elapsed = time.perf_counter() - started
-        grown = peak_rss(srv.proc.pid) - before
+        response, elapsed, grown = measured_sql(client, srv.proc.pid, HUNGRY[kind])
         assert response.status_code == 400, response.text
         error = response.json()["error"]
         assert error["status"] == 400
