@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import duckdb
@@ -120,21 +121,43 @@ def test_wal_is_retired_once_flushed(ingestor: Ingestor) -> None:
     assert len(list((ingestor.layout.wal_dir).glob("*.wal"))) == 1  # only the (empty) active segment
 
 
-def test_inflight_budget_refuses_a_second_large_upload(data_dir: Path) -> None:
-    server = Server(data_dir, env={"MSGTRACE_MAX_INFLIGHT_BYTES": str(1 * MiB)})
-    server.start()
+@pytest.fixture
+def start_server(data_dir: Path) -> Iterator[Callable[..., Server]]:
+    """Starts a server on ``data_dir`` (with ``env``); one a failed test left running is killed afterwards."""
+    servers: list[Server] = []
+
+    def start(env: dict[str, str] | None = None) -> Server:
+        server = Server(data_dir, env=env)
+        servers.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in servers:
+        if server.proc is not None:
+            server.kill()
+
+
+def chunked_post(url: str, chunks: list[bytes], release: threading.Event, results: list[tuple[int, str]]) -> None:
+    """POST ``chunks`` without Content-Length (chunked): the first at once, the rest once ``release`` is set."""
+    def stream():  # type: ignore[no-untyped-def]
+        yield chunks[0]
+        release.wait(20)
+        yield from chunks[1:]
+
+    response = httpx.post(f"{url}/v1/traces", content=stream(), headers={"Content-Type": "application/x-protobuf"},
+                          timeout=30)
+    results.append((response.status_code, response.headers.get("retry-after", "")))
+
+
+def test_inflight_budget_refuses_a_second_large_upload(
+        data_dir: Path, start_server: Callable[..., Server]) -> None:
+    server = start_server({"MSGTRACE_MAX_INFLIGHT_BYTES": str(1 * MiB)})
     release = threading.Event()
-
-    def slow_body():  # type: ignore[no-untyped-def]  # chunked, no Content-Length: the whole limit is reserved
-        yield b""
-        release.wait(10)
-        yield body(1)
-
-    results: list[int] = []
-    first = threading.Thread(target=lambda: results.append(httpx.post(
-        f"{server.url}/v1/traces", content=slow_body(), headers={"Content-Type": "application/x-protobuf"},
-        timeout=30).status_code))
-    first.start()
+    results: list[tuple[int, str]] = []
+    first = body(1)  # chunked, no Content-Length: 1 MiB reserved at first, the whole budget here
+    holder = threading.Thread(target=chunked_post, args=(server.url, [b"", first], release, results))
+    holder.start()
     try:
         time.sleep(0.5)
         refused = server.post("/v1/traces", body(1000), {"Content-Type": "application/x-protobuf"})
@@ -142,8 +165,63 @@ def test_inflight_budget_refuses_a_second_large_upload(data_dir: Path) -> None:
         assert refused.headers["retry-after"] == "1"
     finally:
         release.set()
-        first.join(15)
-    assert results == [200]
+        holder.join(15)
+    assert [status for status, _ in results] == [200]
     assert server.post("/v1/traces", body(2000), {"Content-Type": "application/x-protobuf"}).status_code == 200
     assert server.stop() == 0
     assert stored(data_dir) == (200, 200)
+
+
+def test_uploads_of_unknown_length_share_the_inflight_budget_as_they_arrive(
+        data_dir: Path, start_server: Callable[..., Server]) -> None:
+    """Chunked bodies (a proxy that streams request bodies sends them so) take 1 MiB of the in-flight budget at first
+    and more as they arrive. When each reserved the whole 64 MiB body limit, only 2 of these 10 concurrent exports
+    got in under the default 128 MiB budget; the 8 others were answered 503."""
+    server = start_server()
+    release = threading.Event()
+    results: list[tuple[int, str]] = []
+    bodies = [body(1 + 1000 * i) for i in range(10)]
+    clients = [threading.Thread(target=chunked_post, args=(server.url, [b[:1000], b[1000:]], release, results))
+               for b in bodies]
+    for client in clients:
+        client.start()
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and len(results) < 10:  # all ten are being read (or were refused)
+            ingest = httpx.get(f"{server.url}/health", timeout=5).json()["ingest"]
+            if ingest["inflight_bytes"] >= 10 * MiB:
+                break
+            time.sleep(0.05)
+        assert ingest["inflight_bytes"] == 10 * MiB, (ingest, results)
+    finally:
+        release.set()
+        for client in clients:
+            client.join(30)
+    assert [status for status, _ in results] == [200] * 10
+    assert server.stop() == 0
+    assert stored(data_dir) == (1000, 1000)
+
+
+def test_an_upload_of_unknown_length_past_the_budget_is_refused_part_read(
+        data_dir: Path, start_server: Callable[..., Server]) -> None:
+    server = start_server({"MSGTRACE_MAX_INFLIGHT_BYTES": str(2 * MiB)})
+    release, at_once = threading.Event(), threading.Event()
+    at_once.set()
+    held: list[tuple[int, str]] = []
+    first = body(1)
+    holder = threading.Thread(target=chunked_post, args=(server.url, [first[:1000], first[1000:]], release, held))
+    holder.start()  # holds 1 MiB of the 2 MiB budget while it waits
+    try:
+        time.sleep(0.5)
+        refused: list[tuple[int, str]] = []
+        # 1 MiB more is admitted (the budget is full then); the body growing past it is refused part-read.
+        chunked_post(server.url, [b"\n" + b"\x00" * (MiB + 64 * 1024)], at_once, refused)
+        assert refused == [(503, "1")]
+        health = httpx.get(f"{server.url}/health", timeout=5).json()["ingest"]
+        assert health["inflight_bytes"] == MiB  # what the refused request held is given back
+    finally:
+        release.set()
+        holder.join(30)
+    assert held == [(200, "")]
+    assert server.stop() == 0
+    assert stored(data_dir) == (100, 100)

@@ -10,7 +10,7 @@ turning it into ``bytes`` copied every body once more, 20 MiB at a time in a bur
 from __future__ import annotations
 
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import msgspec
 import zstandard
@@ -42,12 +42,16 @@ def content_encoding(header: str | None) -> str:
     return encoding
 
 
-async def read_limited(chunks: AsyncIterator[bytes], limit: int) -> bytearray:
+async def read_limited(chunks: AsyncIterator[bytes], limit: int,
+                       grow: Callable[[int], None] | None = None) -> bytearray:
+    """The body, at most ``limit`` bytes (413 past it); ``grow(bytes so far)`` after each chunk, which may refuse."""
     out = bytearray()
     async for chunk in chunks:
         out += chunk
         if len(out) > limit:
             raise PayloadTooLarge(f"request body is larger than the limit of {limit} bytes")
+        if grow is not None:
+            grow(len(out))
     return out
 
 

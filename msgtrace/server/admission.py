@@ -3,10 +3,11 @@
     request ─► Content-Type, Content-Encoding ─────────────────────────────────────► 415
             ─► Content-Length over max_request_bytes ────────────────────────────────► 413
             ─► Ingestor.admit(): buffer or WAL budget used up, WAL storage stalled ───► 503
-            ─► in-flight budget: take Content-Length bytes (the wire limit if unknown) ► 503
+            ─► in-flight budget: take Content-Length bytes (1 MiB if unknown) ──────────► 503
             ─► decode queue longer than MAX_QUEUE_SECONDS with this request ─────────► 503
             ══ nothing above reads a byte of the body: the excess of a burst costs a header parse ══
-            ─► read the body (413 past max_request_bytes)
+            ─► read the body (413 past max_request_bytes; a body of unknown length grows
+               its share of the budget as it arrives, 503 when the budget is used up)
             ─► decode gate (decode_concurrency at once): decompress, decode, append to the WAL
             ─► fsync (group commit, outside the gate) ─► 200
 
@@ -46,6 +47,10 @@ REFUSAL_LOG_SECONDS = 10.0
 # about this long plus its own decode for its answer, well inside the 10 s OTel exporters give a request.
 MAX_QUEUE_SECONDS = 2.0
 _RATE_WINDOW = 16  # requests the decode rate is measured over
+# What a body of unknown length (chunked, no Content-Length: e.g. behind a proxy that streams request bodies)
+# reserves at first; it takes more, doubling, as it arrives. Reserving the whole body limit (64 MiB) let only two
+# such requests in at once with the default 128 MiB in-flight budget.
+UNKNOWN_LENGTH_FIRST = 2**20
 # The rate assumed until requests have been decoded: what a 2-core machine decoded in a burst, in wire bytes (gzip
 # bodies of ~3:1 took as long as the plain ones three times their size).
 _FIRST_RATE = {False: (16 * 2**20, 1.0), True: (6 * 2**20, 1.0)}
@@ -59,9 +64,11 @@ class ByteBudget:
         self.used = 0
         self._lock = threading.Lock()
 
-    def try_take(self, n: int) -> bool:
+    def try_take(self, n: int, held: int = 0) -> bool:
+        """Take ``n`` more for a holder of ``held`` (0: a new one). A holder alone may pass the limit: a body larger
+        than the budget is still let in when nothing else is in flight."""
         with self._lock:
-            if self.used and self.used + n > self.limit:
+            if self.used > held and self.used + n > self.limit:
                 return False
             self.used += n
             return True
@@ -111,16 +118,28 @@ class Admission:
 
     def admit(self, declared: int | None, body_limit: int, compressed: bool) -> Ticket | str:
         """Before the body is read: a ticket (give it back with :meth:`release`), or why the request is refused.
-        A body of unknown length reserves the whole ``body_limit``; it joins the queue once read."""
+        A body of unknown length reserves ``UNKNOWN_LENGTH_FIRST`` (see :meth:`grow`); it joins the queue once
+        read."""
         estimate = self.decode_seconds(declared or 0, compressed)
         if self.queue_length and self.queue_seconds(estimate) > MAX_QUEUE_SECONDS:
             return f"decoding is {self.queue_seconds():.1f} s behind"
-        reserved = declared if declared is not None else body_limit
+        reserved = declared if declared is not None else min(body_limit, UNKNOWN_LENGTH_FIRST)
         if not self.inflight.try_take(reserved):
             return "too many request bytes in flight"
         ticket = Ticket(reserved, compressed)
         self._enqueue(ticket, estimate)
         return ticket
+
+    def grow(self, ticket: Ticket, size: int) -> bool:
+        """A body of unknown length has ``size`` bytes so far: make its share at least that (doubling), or False
+        when the in-flight budget has no room for it (the request is then refused, part-read: 503)."""
+        if size <= ticket.reserved:
+            return True
+        extra = max(size, 2 * ticket.reserved) - ticket.reserved
+        if not self.inflight.try_take(extra, held=ticket.reserved):
+            return False
+        ticket.reserved += extra
+        return True
 
     def decode_seconds(self, size: int, compressed: bool) -> float:
         """Estimated seconds to decode a body of ``size`` wire bytes, at the recent rate of its kind."""

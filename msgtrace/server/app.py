@@ -144,7 +144,14 @@ def create_app(ingestor: Ingestor) -> FastAPI:
             except MsgtraceError:
                 admission.refused_unread += 1
                 raise
-            wire = await read_limited(request.stream(), config.max_request_bytes)
+            held = admitted  # (a Ticket: refuse() raised for the reasons)
+
+            def grow(size: int) -> None:  # a body of unknown length takes its share as it arrives
+                if not admission.grow(held, size):
+                    ingestor.refuse("too many request bytes in flight")
+
+            wire = await read_limited(request.stream(), config.max_request_bytes,
+                                      None if declared is not None else grow)
             # Admitted requests are not refused for load any more: the budgets may be overrun by what is in flight
             # (bounded by the in-flight budget), which costs less than reading a body only to throw it away.
             async with admission.decoding(ticket, len(wire)):
