@@ -18,6 +18,7 @@ install or load, and the configuration locked (:data:`SANDBOX_SETTINGS`).
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import threading
 import time
@@ -139,6 +140,66 @@ SANDBOX_SETTINGS = (
 )
 
 
+class _SharedRows:
+    """The flagged (shared) rows of a set of summary files, read once per set (see ``shared_summaries`` in
+    ``sql/25_traces.sql``). Summary files are immutable and each compaction pass writes new ones, so the exact
+    list of files is the key: a snapshot never sees rows of files it did not bind. Only the latest set is kept
+    (a few hundred rows at 10M spans: traces spread over several compacted parts)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._key: tuple[str, ...] = ()
+        self._rows: pa.Table | None = None
+
+    def of(self, summaries: list[str], cursor: Callable[[], Any]) -> pa.Table:
+        key = tuple(summaries)
+        with self._lock:
+            if self._rows is None or key != self._key:
+                with cursor() as cur:
+                    rows = cur.sql(f"SELECT * FROM read_parquet([{_listing(summaries)}]) WHERE shared")
+                    self._rows, self._key = rows.to_arrow_table(), key
+            return self._rows
+
+
+@dataclass
+class NewestFirst:
+    """Bind the stored trace rows of only the ``files`` summary files with the newest traces; after binding,
+    ``left_out`` is the largest trace start in the files left out (None when none was)."""
+
+    files: int
+    left_out: dt.datetime | None = None
+
+    def narrow(self, summaries: list[str], newest: _NewestStart, cursor: Callable[[], Any]) -> list[str]:
+        ordered = newest.order(summaries, cursor)
+        if len(ordered) <= self.files:
+            return summaries
+        self.left_out = ordered[self.files][1]
+        return [f for f, _ in ordered[:self.files]]
+
+
+class _NewestStart:
+    """The largest ``start_time`` of each summary file, from its Parquet statistics (read once: files are
+    immutable). A file without statistics counts as holding the newest traces."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._starts: dict[str, dt.datetime] = {}
+
+    def order(self, summaries: list[str], cursor: Callable[[], Any]) -> list[tuple[str, dt.datetime]]:
+        """``summaries`` with their largest start, newest first."""
+        with self._lock:
+            unknown = [f for f in summaries if f not in self._starts]
+            if unknown:
+                with cursor() as cur:
+                    found = dict(cur.execute(
+                        f"SELECT file_name, max(TRY_CAST(stats_max AS TIMESTAMP)) FROM parquet_metadata("
+                        f"[{_listing(unknown)}]) WHERE path_in_schema = 'start_time' GROUP BY ALL").fetchall())
+                known = {f: self._starts.get(f) or found.get(f) or dt.datetime.max for f in summaries}
+                self._starts = known  # only the files of this set: the cache never outgrows the store
+            starts = [(f, self._starts[f]) for f in summaries]
+        return sorted(starts, key=lambda pair: pair[1], reverse=True)
+
+
 def check_select(sql: str) -> None:
     """Refuse (:class:`QueryError`) anything but exactly one SELECT statement, as DuckDB's parser sees it."""
     try:
@@ -164,6 +225,8 @@ class QueryEngine:
         if memory_limit:
             self._config["memory_limit"] = memory_limit
         self.sandbox_memory_bytes = sandbox_memory_bytes  # each sandbox database's memory_limit; None: DuckDB's
+        self._shared = _SharedRows()
+        self._newest = _NewestStart()
         self._db = duckdb.connect(config=self._config)
         # Parse each part's footer once, not per query (lookups over 268 parts: 110 -> 77 ms, benchmarks/README).
         # DuckDB checks the file's modification time, so a part rewritten by a replay is read afresh.
@@ -192,30 +255,33 @@ class QueryEngine:
             cur.close()
 
     @contextmanager
-    def cursor(self, *, traces: bool = True, trace_id: str | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A cursor whose sources are a snapshot of the store taken now, closed on exit (``traces`` and
-        ``trace_id``: see :meth:`snapshot`)."""
-        cur = self.snapshot(traces=traces, trace_id=trace_id)
+    def cursor(self, *, traces: bool = True, trace_id: str | None = None,
+               window: NewestFirst | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A cursor whose sources are a snapshot of the store taken now, closed on exit (``traces``,
+        ``trace_id`` and ``window``: see :meth:`snapshot`)."""
+        cur = self.snapshot(traces=traces, trace_id=trace_id, window=window)
         try:
             yield cur
         finally:
             cur.close()
 
-    def snapshot(self, *, traces: bool = True, trace_id: str | None = None) -> duckdb.DuckDBPyConnection:
+    def snapshot(self, *, traces: bool = True, trace_id: str | None = None,
+                 window: NewestFirst | None = None) -> duckdb.DuckDBPyConnection:
         """A cursor bound to the store as it is now; the caller closes it. ``traces=False`` skips finding the
         compacted parts the ``traces`` view may need to recompute (a query that does not read it is faster).
         ``trace_id`` (validated lower-case hex) binds only the parts holding that trace: for queries about that one
-        trace, which then open one or two files instead of every part of every day."""
+        trace, which then open one or two files instead of every part of every day. ``window`` binds only the
+        stored trace rows of the files with the newest traces (see :meth:`run_newest_first`)."""
         cur = self._db.cursor()
         try:
-            self._bind_source(cur, traces=traces, trace_id=trace_id)
+            self._bind_source(cur, traces=traces, trace_id=trace_id, window=window)
         except BaseException:
             cur.close()
             raise
         return cur
 
     def _bind_source(self, cur: duckdb.DuckDBPyConnection, *, traces: bool = True,
-                     trace_id: str | None = None) -> list[str]:
+                     trace_id: str | None = None, window: NewestFirst | None = None) -> list[str]:
         """Point the sources of ``cur`` (``spans_source``, ``fresh_source``, ``trace_summaries``, ``redo_source``,
         ``deleted_traces``; see ``sql/25_traces.sql``) at the snapshot; returns the files they read (the sandbox
         allows exactly these, so a file bound here but not returned fails closed there: a permission error)."""
@@ -249,8 +315,12 @@ class QueryEngine:
             cur.execute("CREATE OR REPLACE TEMP VIEW fresh_source AS " + recent)
         summaries = [str(s) for s in summarized.values()]
         if summaries:
+            bound = summaries if window is None else window.narrow(summaries, self._newest, self.unbound_cursor)
             cur.execute("CREATE OR REPLACE TEMP VIEW trace_summaries AS "
-                        f"SELECT * FROM read_parquet([{_listing(summaries)}])")
+                        f"SELECT * FROM read_parquet([{_listing(bound)}])")
+            if traces and trace_id is None:  # (one trace's query reads its one or two files anyway)
+                cur.register("shared_rows", self._shared.of(summaries, self.unbound_cursor))
+                cur.execute("CREATE OR REPLACE TEMP VIEW shared_summaries AS SELECT * FROM shared_rows")
         tombstones = [str(p) for p in self.layout.delete_files()]
         if tombstones:
             cur.execute(f"CREATE OR REPLACE TEMP VIEW deleted_traces AS SELECT trace_id FROM read_parquet("
@@ -258,8 +328,9 @@ class QueryEngine:
         redo = fresh
         if traces and summaries and (fresh or has_live):
             # The compacted parts holding spans of traces that also have fresh spans (usually few).
-            names = [r[0] for r in cur.execute(
-                "SELECT DISTINCT part FROM trace_summaries WHERE trace_id IN (SELECT trace_id FROM fresh_source)"
+            names = [r[0] for r in cur.execute(  # over every summary file, whatever the window
+                f"SELECT DISTINCT part FROM read_parquet([{_listing(summaries)}])"
+                " WHERE trace_id IN (SELECT trace_id FROM fresh_source)"
             ).fetchall()]
             redo = fresh + [str(self.layout.root / name) for name in names]
         if (source := union(redo)) is not None:
@@ -286,6 +357,29 @@ class QueryEngine:
         with self.cursor(traces=reads_traces(sql), trace_id=trace_id) as cur:
             return self._execute(cur, sql, params, cap, timeout, started)
 
+    def run_newest_first(self, sql: str, params: dict[str, Any] | None, *, limit: int) -> QueryResult:
+        """``sql``, a query of the ``traces`` view ordered by ``start_time DESC`` (then anything) with ``LIMIT
+        $limit`` (and an offset), run first over the stored trace rows of the few files holding the newest traces,
+        then over 4x as many, and so on, until the answer is known to be the whole store's.
+
+        The first page of the trace list read every summary file (91 at 10M spans over 30 days) to keep 50 rows;
+        the newest traces are in the last day's few. The narrowed answer is the whole one when the page is full
+        and its last row started after every trace of the files left out (their largest ``start_time`` in the
+        Parquet statistics): any row those hold sorts after it. The other rows of the view (traces with fresh
+        spans, shared traces) are always bound."""
+        window = NewestFirst(files=4)
+        started = time.perf_counter()  # (elapsed_ms then counts every try; each has the time limit)
+        while True:
+            with self.cursor(window=window) as cur:
+                result = self._execute(cur, sql, params, limit, None, started)
+            if window.left_out is None:
+                return result
+            starts = result.table.column("start_time")
+            if result.table.num_rows == limit and starts[limit - 1].as_py() is not None \
+                    and starts[limit - 1].as_py() > window.left_out:
+                return result
+            window = NewestFirst(files=window.files * 4)
+
     def run_sandboxed(self, sql: str, params: dict[str, Any] | list[Any] | None = None, *,
                       max_rows: int | None = None, timeout: float | None = None) -> QueryResult:
         """Run untrusted SQL: one SELECT, on a sandbox database of its own (see the module docstring), with the
@@ -295,7 +389,7 @@ class QueryEngine:
         started = time.perf_counter()
         db = self.sandbox(traces=reads_traces(sql))
         try:
-            return self._execute(db, sql, params, cap, timeout, started)
+            return self._execute(db, sql, params, cap, timeout, started, memory_bytes=self.sandbox_memory_bytes)
         finally:
             db.close()
 
@@ -325,7 +419,10 @@ class QueryEngine:
         return db
 
     def _execute(self, cur: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any] | list[Any] | None,
-                 cap: int, timeout: float | None, started: float) -> QueryResult:
+                 cap: int, timeout: float | None, started: float, *, memory_bytes: int | None = None
+                 ) -> QueryResult:
+        """Run on ``cur`` with the time limit and row cap; ``memory_bytes``: the database's memory limit, if set,
+        named when a query runs out of it."""
         timer = threading.Timer(self.timeout if timeout is None else timeout, cur.interrupt)
         timer.start()
         try:
@@ -346,9 +443,9 @@ class QueryEngine:
                 raise QueryTimeout(f"query ran longer than {timer.interval:g} s and was stopped") from None
             if isinstance(exc, OSError):
                 raise
-            if isinstance(exc, duckdb.OutOfMemoryException) and self.sandbox_memory_bytes:
-                raise QueryError(f"the query needs more memory than the {self.sandbox_memory_bytes / 2**20:g} MiB a "
-                                 f"query may use ({str(exc).splitlines()[0]})") from None
+            if isinstance(exc, duckdb.OutOfMemoryException) and memory_bytes:
+                raise QueryError(f"the query needs more memory than the {memory_bytes / 2**20:g} MiB a query may "
+                                 f"use ({str(exc).splitlines()[0]})") from None
             raise QueryError(str(exc).splitlines()[0]) from None
         finally:
             timer.cancel()

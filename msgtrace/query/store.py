@@ -114,7 +114,10 @@ class Store:
             "max_duration_ms": max_duration_ms, "model": model, "user_id": user_id, "session_id": session_id,
             "attr_key": attr_key, "attr_value": attr_value, "limit": limit, "offset": offset,
         }
-        return self.engine.run(named_query("list_traces").replace("{order_by}", order), params, max_rows=limit)
+        sql = named_query("list_traces").replace("{order_by}", order)
+        if sort == "start_time" and descending and limit > 0:  # the default: the newest traces
+            return self.engine.run_newest_first(sql, params, limit=limit)
+        return self.engine.run(sql, params, max_rows=limit)
 
     def trace(self, trace_id: str) -> pl.DataFrame:
         """Every span of one trace, in start order. Raises :class:`TraceNotFound` for an unknown id."""
