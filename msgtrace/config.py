@@ -136,10 +136,9 @@ class IngestConfig:
         if not 0 < self.port < 65536:
             raise ValueError(f"port must be between 1 and 65535, not {self.port}")
         for name in ("query_timeout", "query_max_rows", "query_max_trace_spans", "query_slots", "query_memory_bytes",
-                     "flush_interval",
-                     "flush_bytes", "buffer_limit_bytes", "wal_limit_bytes", "max_request_bytes", "max_inflight_bytes",
-                     "decode_concurrency", "storage_stall_seconds", "max_attribute_value_bytes", "wal_segment_bytes",
-                     "row_group_spans"):
+                     "flush_interval", "flush_bytes", "buffer_limit_bytes", "wal_limit_bytes", "max_request_bytes",
+                     "max_inflight_bytes", "decode_concurrency", "storage_stall_seconds", "max_attribute_value_bytes",
+                     "wal_segment_bytes", "row_group_spans"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, not {getattr(self, name)}")
         if self.flush_bytes >= self.buffer_limit_bytes:

@@ -17,6 +17,7 @@ from pathlib import Path
 import duckdb
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import pytest
 
 import msgtrace
 from msgtrace.config import IngestConfig
@@ -156,9 +157,11 @@ def test_compaction_merges_each_day_drops_duplicates_and_deleted_traces_and_chan
     assert Compactor(layout, settings).run(force=True).input_files == 0
 
 
-def test_outputs_stay_even_when_trace_ids_share_a_prefix(data_dir: Path) -> None:
+@pytest.mark.parametrize("sample", [65_536, 1_000])
+def test_outputs_stay_even_when_trace_ids_share_a_prefix(data_dir: Path, sample: int) -> None:
     # X-Ray-style ids begin with the time in seconds: a day's ids share their first hex digits. Ranges cut at
-    # evenly spaced ids would put every span into one output (and into memory at once).
+    # evenly spaced ids would put every span into one output (and into memory at once). The cuts are placed from
+    # every id, or (sample=1,000) from the ids of every 6th input.
     fill(data_dir, days=1, spans_per_day=6_000, duplicate_every=1_000)
     layout = StoreLayout(data_dir)
     for path in layout.parts():
@@ -169,7 +172,7 @@ def test_outputs_stay_even_when_trace_ids_share_a_prefix(data_dir: Path) -> None
     (unique,), = raw(data_dir, "SELECT count(DISTINCT (trace_id, span_id)) FROM files")
     expected = answers(msgtrace.open(data_dir))
 
-    settings = CompactionSettings(target_rows=2_000, merge_rows=700, grace_seconds=3600)
+    settings = CompactionSettings(target_rows=2_000, merge_rows=700, grace_seconds=3600, cut_sample_rows=sample)
     report = Compactor(layout, settings).run(force=True)
     sizes = [pq.read_metadata(p).num_rows for p in retired.visible_parts(layout)]
     assert report.output_rows == sum(sizes) == unique

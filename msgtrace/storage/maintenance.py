@@ -6,8 +6,7 @@ server); ``msgtrace compact`` and ``msgtrace prune`` do the same work on demand 
 A pass is put off while ingest is overloaded (``busy``: it refused a request for load since the last look, one
 interval ago): a merge adds hundreds of MB (a piece of 32,768 spans held twice, DuckDB, the writer), and on top of an
 ingest burst at its budgets a pass took the server from ~600 MB to 1.7 GB (tests/test_burst.py, measured before
-merges were cut into pieces). Parts stay readable meanwhile; the
-pass runs once the burst is over. Under an overload that never ends, queries slow down as small parts pile up.
+merges were cut into pieces). Parts stay readable meanwhile; the pass runs once the burst is over. Under an overload that never ends, queries slow down as small parts pile up.
 """
 
 from __future__ import annotations
