@@ -292,8 +292,6 @@ class QueryEngine:
         parts = visible_parts(self.layout)
         if trace_id is not None and parts:
             parts = self._parts_holding(parts, trace_id)
-        summarized = {p: s for p in parts if (s := self.layout.summary_path(p)) is not None and s.exists()}
-        fresh = [str(p) for p in parts if p not in summarized]
         has_live = live is not None and live.num_rows > 0
         if has_live:
             cur.register("live_spans", live)
@@ -311,6 +309,16 @@ class QueryEngine:
 
         if (everything := union([str(p) for p in parts])) is not None:
             cur.execute("CREATE OR REPLACE TEMP VIEW spans_source AS " + everything)
+        tombstones = [str(p) for p in self.layout.delete_files()]
+        if tombstones:
+            cur.execute(f"CREATE OR REPLACE TEMP VIEW deleted_traces AS SELECT trace_id FROM read_parquet("
+                        f"[{_listing(tombstones)}])")
+        if trace_id is not None and not traces:
+            # One trace's spans or tree: the views that need no trace rows are bound; the others keep their
+            # catalog defaults (binding them cost ~5 ms of a ~40 ms lookup at 1M spans, benchmarks/README.md).
+            return [str(p) for p in parts] + tombstones
+        summarized = {p: s for p in parts if (s := self.layout.summary_path(p)) is not None and s.exists()}
+        fresh = [str(p) for p in parts if p not in summarized]
         if (recent := union(fresh)) is not None:
             cur.execute("CREATE OR REPLACE TEMP VIEW fresh_source AS " + recent)
         summaries = [str(s) for s in summarized.values()]
@@ -321,10 +329,6 @@ class QueryEngine:
             if traces and trace_id is None:  # (one trace's query reads its one or two files anyway)
                 cur.register("shared_rows", self._shared.of(summaries, self.unbound_cursor))
                 cur.execute("CREATE OR REPLACE TEMP VIEW shared_summaries AS SELECT * FROM shared_rows")
-        tombstones = [str(p) for p in self.layout.delete_files()]
-        if tombstones:
-            cur.execute(f"CREATE OR REPLACE TEMP VIEW deleted_traces AS SELECT trace_id FROM read_parquet("
-                        f"[{_listing(tombstones)}])")
         redo = fresh
         if traces and summaries and (fresh or has_live):
             # The compacted parts holding spans of traces that also have fresh spans (usually few).
