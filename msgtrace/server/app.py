@@ -55,7 +55,8 @@ _OTLP_RESPONSES = {
     415: {"description": "Content-Type is not application/x-protobuf or application/json, or the "
                          "Content-Encoding is not gzip, deflate, zstd or none.", "content": _STATUS},
     503: {"description": "Overloaded (buffer, WAL or in-flight budget used up, or the WAL's disk stalled; refused "
-                         "before the body is read) or storage unavailable. Nothing was kept: retry after "
+                         "before the body is read, except a body sent without Content-Length that outgrows the "
+                         "in-flight budget as it arrives) or storage unavailable. Nothing was kept: retry after "
                          "`Retry-After` seconds.",
           "content": _STATUS, "headers": errors.RETRY_AFTER_HEADER},
 }
