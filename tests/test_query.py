@@ -22,6 +22,7 @@ import msgtrace
 from msgtrace.config import IngestConfig
 from msgtrace.ingest.decode import WireFormat
 from msgtrace.ingest.pipeline import Ingestor
+from msgtrace.query.engine import QueryTimeout
 from msgtrace.query.store import InvalidArgument, Store, TraceNotFound
 from msgtrace.storage.compactor import CompactionSettings, Compactor
 from msgtrace.storage.layout import StoreLayout, part_range
@@ -388,7 +389,6 @@ def test_live_buffer_is_queryable_before_any_flush(tmp_path: Path) -> None:
 def test_query_limits(store: Store) -> None:
     result = store.query("SELECT * FROM range(100)", max_rows=10)
     assert result.truncated and result.table.num_rows == 10
-    from msgtrace.query.engine import QueryTimeout
 
     started = time.monotonic()
     with pytest.raises(QueryTimeout):
@@ -431,3 +431,20 @@ def test_first_page_reads_the_newest_files_first_and_matches_the_whole_store(tmp
         # A filter few traces pass: the windows hold too few of them, so the answer is the whole store's.
         assert store.traces(status="ERROR", limit=50)["trace_id"].to_list() == failed[:50]
         assert store.traces(limit=10_000)["trace_id"].to_list() == newest[:10_000]
+
+    # The widening tries share one time limit: three tries of 0.4 s each (4, 16, then all files, for traces that
+    # started over 5 days ago, which the newest files do not hold) are stopped at 1 s instead of each having 1 s.
+    cut = now - 5 * DAY_NS
+    old = [t for t, start, _ in sorted(raw, key=lambda r: (-r[1], r[0])) if start < cut]
+    slow = ("SELECT trace_id, start_time FROM traces, (SELECT pause_s(0.4) AS p) WHERE p > 0 AND start_time < $cut "
+            "ORDER BY start_time DESC, trace_id LIMIT $limit")
+    params = {"cut": dt.datetime.fromtimestamp(cut / 1e9, dt.UTC).replace(tzinfo=None), "limit": 50}
+    with Store(data_dir, timeout=1.0) as store:
+        store.engine._db.create_function("pause_s", lambda s: (time.sleep(s), s)[1], ["DOUBLE"], "DOUBLE",
+                                         side_effects=True)
+        started = time.monotonic()
+        with pytest.raises(QueryTimeout, match="longer than 1 s"):
+            store.engine.run_newest_first(slow, params, limit=50)
+        assert time.monotonic() - started < 1.5  # (an interrupt waits for the pause under way: up to 0.4 s)
+        store.engine.timeout = 2.0  # with time for all three, the answer is the whole store's
+        assert store.engine.run_newest_first(slow, params, limit=50).table["trace_id"].to_pylist() == old[:50]

@@ -372,10 +372,17 @@ class QueryEngine:
         Parquet statistics): any row those hold sorts after it. The other rows of the view (traces with fresh
         spans, shared traces) are always bound."""
         window = NewestFirst(files=4)
-        started = time.perf_counter()  # (elapsed_ms then counts every try; each has the time limit)
+        started = time.perf_counter()  # (elapsed_ms then counts every try)
         while True:
-            with self.cursor(window=window) as cur:
-                result = self._execute(cur, sql, params, limit, None, started)
+            # The tries share the time limit: each gets what the ones before it left.
+            left = self.timeout - (time.perf_counter() - started)
+            try:
+                if left <= 0:
+                    raise QueryTimeout("")
+                with self.cursor(window=window) as cur:
+                    result = self._execute(cur, sql, params, limit, left, started)
+            except QueryTimeout:
+                raise QueryTimeout(f"query ran longer than {self.timeout:g} s and was stopped") from None
             if window.left_out is None:
                 return result
             starts = result.table.column("start_time")
