@@ -26,6 +26,7 @@ from msgtrace.query.engine import QueryTimeout
 from msgtrace.query.store import InvalidArgument, Store, TraceNotFound
 from msgtrace.storage.compactor import CompactionSettings, Compactor
 from msgtrace.storage.layout import StoreLayout, part_range
+from msgtrace.storage.retired import visible_parts
 from msgtrace.synthetic import build_workload
 from tests.conftest import CAPTURES, capture, parquet_glob
 
@@ -448,3 +449,47 @@ def test_first_page_reads_the_newest_files_first_and_matches_the_whole_store(tmp
         assert time.monotonic() - started < 1.5  # (an interrupt waits for the pause under way: up to 0.4 s)
         store.engine.timeout = 2.0  # with time for all three, the answer is the whole store's
         assert store.engine.run_newest_first(slow, params, limit=50).table["trace_id"].to_pylist() == old[:50]
+
+
+def test_a_trace_lookup_probes_only_the_parts_that_may_hold_it(tmp_path: Path) -> None:
+    """A one-trace query first rules out the compacted parts whose row-group trace-id ranges miss the id (a
+    compacted day holds disjoint ranges: about one part a day is left), then probes those and every flushed part.
+    Whatever holds the trace is among them, and the answer equals plain DuckDB over the raw files."""
+    data_dir = tmp_path / "data"
+    now = time.time_ns()
+    bodies = build_workload(20_480, 512, seed=9, base_time_ns=now, spread_ns=7 * DAY_NS).bodies
+    ingestor = Ingestor(IngestConfig(data_dir=data_dir, flush_interval=3600, compaction_interval=0))
+    ingestor.start()
+    for body in bodies:
+        ingestor.accept(WireFormat.PROTOBUF, body, now)
+    ingestor.flush()
+    ingestor.close()
+    Compactor(StoreLayout(data_dir), CompactionSettings(target_rows=1_000, grace_seconds=0)).run(force=True)
+    ingestor = Ingestor(IngestConfig(data_dir=data_dir, flush_interval=3600, compaction_interval=0))
+    ingestor.start()
+    ingestor.accept(WireFormat.PROTOBUF, bodies[7], now)  # a late duplicate delivery: flushed parts on top
+    ingestor.flush()
+    ingestor.close()
+
+    with msgtrace.open(data_dir) as store:
+        engine = store.engine
+        parts = visible_parts(engine.layout)
+        compacted = {p for p in parts if p.name.startswith("c-")}
+        flushed = set(parts) - compacted
+        days = len({p.parent for p in compacted})
+        assert flushed and len(compacted) > 2 * days, (len(compacted), days)
+        listing = ", ".join(f"'{p}'" for p in parts)
+        holders: dict[str, set[str]] = defaultdict(set)
+        rows: dict[str, set[str]] = defaultdict(set)
+        for trace_id, span_id, filename in duckdb.sql(
+                f"SELECT trace_id, span_id, filename FROM read_parquet([{listing}], filename = true)").fetchall():
+            holders[trace_id].add(filename)
+            rows[trace_id].add(span_id)
+        probed = []
+        for trace_id in random.Random(4).sample(sorted(holders), 100):
+            candidates = engine._trace_ids.candidates(parts, trace_id)
+            assert holders[trace_id] <= {str(p) for p in candidates}
+            assert flushed <= set(candidates)
+            probed.append(len(compacted & set(candidates)))
+            assert set(store.trace(trace_id)["span_id"]) == rows[trace_id]
+        assert sum(probed) / len(probed) <= days + 1, probed
