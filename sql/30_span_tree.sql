@@ -8,7 +8,8 @@
 CREATE OR REPLACE MACRO span_tree(tid) AS TABLE
 WITH RECURSIVE
     s AS (SELECT * FROM spans WHERE trace_id = lower(tid)),
-    root AS (SELECT span_id FROM trace_roots WHERE trace_id = lower(tid)),
+    -- (roots of s, not of the trace_roots view: that would scan the trace's Parquet row group twice more)
+    root AS (SELECT span_id FROM roots('s')),
     anchors AS (
         SELECT s.span_id, CAST(NULL AS VARCHAR) AS tree_parent_id, 0 AS depth, s.parent_span_id IS NOT NULL AS orphan,
                [lpad(CAST(s.start_time_unix_nano AS VARCHAR), 20, '0') || s.span_id] AS path
