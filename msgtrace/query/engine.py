@@ -418,13 +418,14 @@ class QueryEngine:
         while True:
             # The tries share the time limit: each gets what the ones before it left.
             left = self.timeout - (time.perf_counter() - started)
+            stopped = QueryTimeout(f"query ran longer than {self.timeout:g} s and was stopped")
+            if left <= 0:
+                raise stopped
             try:
-                if left <= 0:
-                    raise QueryTimeout("")
                 with self.cursor(window=window) as cur:
                     result = self._execute(cur, sql, params, limit, left, started)
             except QueryTimeout:
-                raise QueryTimeout(f"query ran longer than {self.timeout:g} s and was stopped") from None
+                raise stopped from None
             if window.left_out is None:
                 return result
             starts = result.table.column("start_time")
