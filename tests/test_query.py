@@ -487,7 +487,7 @@ def test_a_trace_lookup_probes_only_the_parts_that_may_hold_it(tmp_path: Path) -
             rows[trace_id].add(span_id)
         probed = []
         for trace_id in random.Random(4).sample(sorted(holders), 100):
-            candidates = engine._trace_ids.candidates(parts, trace_id)
+            candidates = engine._candidates(parts, trace_id)
             assert holders[trace_id] <= {str(p) for p in candidates}
             assert flushed <= set(candidates)
             probed.append(len(compacted & set(candidates)))

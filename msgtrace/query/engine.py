@@ -30,7 +30,6 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from msgtrace.errors import MsgtraceError
 from msgtrace.schema import SPAN_SCHEMA
@@ -162,6 +161,25 @@ class _SharedRows:
             return self._rows
 
 
+class _FileStatistics:
+    """A value per Parquet file taken from its statistics, read once per file: the files it is asked about are
+    immutable (summary files and compacted parts; every compaction pass writes new ones under new names). ``read``
+    gets the files not seen yet and returns their values; a file it leaves out gets None. Only the files of the
+    latest call are kept, so the cache never outgrows the store."""
+
+    def __init__(self, read: Callable[[list[str]], dict[str, Any]]) -> None:
+        self._read = read
+        self._lock = threading.Lock()
+        self._values: dict[str, Any] = {}
+
+    def of(self, files: list[str]) -> dict[str, Any]:
+        with self._lock:
+            unknown = [f for f in files if f not in self._values]
+            found = self._read(unknown) if unknown else {}
+            self._values = {f: self._values[f] if f in self._values else found.get(f) for f in files}
+            return self._values
+
+
 @dataclass
 class NewestFirst:
     """Bind the stored trace rows of only the ``files`` summary files with the newest traces; after binding,
@@ -170,72 +188,20 @@ class NewestFirst:
     files: int
     left_out: dt.datetime | None = None
 
-    def narrow(self, summaries: list[str], newest: _NewestStart, cursor: Callable[[], Any]) -> list[str]:
-        ordered = newest.order(summaries, cursor)
+    def narrow(self, summaries: list[str], newest: dict[str, dt.datetime | None]) -> list[str]:
+        """``newest``: the largest ``start_time`` of each summary file; one without statistics counts as holding
+        the newest traces."""
+        ordered = sorted(((f, newest[f] or dt.datetime.max) for f in summaries), key=lambda pair: pair[1],
+                         reverse=True)
         if len(ordered) <= self.files:
             return summaries
         self.left_out = ordered[self.files][1]
         return [f for f, _ in ordered[:self.files]]
 
 
-class _NewestStart:
-    """The largest ``start_time`` of each summary file, from its Parquet statistics (read once: files are
-    immutable). A file without statistics counts as holding the newest traces."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._starts: dict[str, dt.datetime] = {}
-
-    def order(self, summaries: list[str], cursor: Callable[[], Any]) -> list[tuple[str, dt.datetime]]:
-        """``summaries`` with their largest start, newest first."""
-        with self._lock:
-            unknown = [f for f in summaries if f not in self._starts]
-            if unknown:
-                with cursor() as cur:
-                    found = dict(cur.execute(
-                        f"SELECT file_name, max(TRY_CAST(stats_max AS TIMESTAMP)) FROM parquet_metadata("
-                        f"[{_listing(unknown)}]) WHERE path_in_schema = 'start_time' GROUP BY ALL").fetchall())
-                known = {f: self._starts.get(f) or found.get(f) or dt.datetime.max for f in summaries}
-                self._starts = known  # only the files of this set: the cache never outgrows the store
-            starts = [(f, self._starts[f]) for f in summaries]
-        return sorted(starts, key=lambda pair: pair[1], reverse=True)
-
-
-class _TraceIdRanges:
-    """The ``[min, max]`` trace id of each row group of each compacted part, from its Parquet statistics (read
-    once: compacted parts are immutable, their names unique). A compacted day holds disjoint, sorted trace-id
-    ranges, so these rule out all but about one part per day before DuckDB opens any: at 10M spans over 30 days,
-    31 of 91 parts are left to probe and finding the trace's parts takes 6.7 instead of 15.7 ms. Flushed parts
-    (one row group spanning nearly every id, and rewritten by a WAL replay) are always probed."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._ranges: dict[Path, list[tuple[str, str]] | None] = {}
-
-    def candidates(self, parts: list[Path], trace_id: str) -> list[Path]:
-        """The parts that may hold ``trace_id`` (``trace_id``: validated lower-case hex, as stored)."""
-        with self._lock:
-            known = {p: self._ranges[p] if p in self._ranges else _row_group_ranges(p) for p in parts}
-            self._ranges = known  # only the parts of this snapshot: the cache never outgrows the store
-        return [p for p in parts if (ranges := known[p]) is None or any(lo <= trace_id <= hi for lo, hi in ranges)]
-
-
-def _row_group_ranges(part: Path) -> list[tuple[str, str]] | None:
-    """Each row group's trace-id range, for a compacted part whose statistics have them; otherwise None."""
-    if not part.name.startswith(COMPACTED_PREFIX):
-        return None
-    try:
-        meta = pq.read_metadata(part)
-    except (OSError, pa.ArrowException):  # retired and deleted since it was listed: DuckDB will say so, or not need it
-        return None
-    column = meta.schema.names.index("trace_id")
-    ranges = []
-    for i in range(meta.num_row_groups):
-        stats = meta.row_group(i).column(column).statistics
-        if stats is None or not stats.has_min_max:
-            return None
-        ranges.append((stats.min, stats.max))
-    return ranges
+def _may_hold(ranges: list[list[str]] | None, trace_id: str) -> bool:
+    """Whether a part whose row groups hold these trace-id ranges may hold ``trace_id`` (None: not known)."""
+    return ranges is None or any(low <= trace_id <= high for low, high in ranges)
 
 
 def check_select(sql: str) -> None:
@@ -264,8 +230,17 @@ class QueryEngine:
             self._config["memory_limit"] = memory_limit
         self.sandbox_memory_bytes = sandbox_memory_bytes  # each sandbox database's memory_limit; None: DuckDB's
         self._shared = _SharedRows()
-        self._newest = _NewestStart()
-        self._trace_ids = _TraceIdRanges()
+        # The largest trace start of each summary file, for the newest-first trace list (run_newest_first).
+        self._newest = _FileStatistics(lambda files: self._statistics(
+            files, "max(TRY_CAST(stats_max AS TIMESTAMP))", "start_time"))
+        # The [min, max] trace id of each row group of each compacted part. A compacted day holds disjoint, sorted
+        # trace-id ranges, so they rule out all but about one part a day before DuckDB probes any for a trace: at
+        # 10M spans over 30 days, 31 of 91 parts are probed and finding the trace's parts takes 6.3 instead of
+        # 15.7 ms. Flushed parts (one row group spanning nearly every id, rewritten by a WAL replay) are always
+        # probed; a part with a row group lacking statistics too.
+        self._trace_ids = _FileStatistics(lambda files: self._statistics(
+            files, "CASE WHEN bool_and(stats_min_value IS NOT NULL AND stats_max_value IS NOT NULL) "
+                   "THEN list([stats_min_value, stats_max_value]) END", "trace_id"))
         self._db = duckdb.connect(config=self._config)
         # Parse each part's footer once, not per query (lookups over 268 parts: 110 -> 77 ms, benchmarks/README).
         # DuckDB checks the file's modification time, so a part rewritten by a replay is read afresh.
@@ -362,7 +337,7 @@ class QueryEngine:
             cur.execute("CREATE OR REPLACE TEMP VIEW fresh_source AS " + recent)
         summaries = [str(s) for s in summarized.values()]
         if summaries:
-            bound = summaries if window is None else window.narrow(summaries, self._newest, self.unbound_cursor)
+            bound = summaries if window is None else window.narrow(summaries, self._newest.of(summaries))
             cur.execute("CREATE OR REPLACE TEMP VIEW trace_summaries AS "
                         f"SELECT * FROM read_parquet([{_listing(bound)}])")
             if traces and trace_id is None:  # (one trace's query reads its one or two files anyway)
@@ -382,10 +357,21 @@ class QueryEngine:
             cur.execute("CREATE OR REPLACE TEMP VIEW redo_source AS SELECT * FROM spans_source WHERE false")
         return [str(p) for p in parts] + summaries + tombstones
 
+    def _statistics(self, files: list[str], value: str, column: str) -> dict[str, Any]:
+        """``value``, an aggregate over the row groups' ``parquet_metadata`` rows of ``column``, for each file."""
+        with self.unbound_cursor() as cur:
+            return dict(cur.execute(f"SELECT file_name, {value} FROM parquet_metadata([{_listing(files)}]) "
+                                    f"WHERE path_in_schema = {quote_literal(column)} GROUP BY ALL").fetchall())
+
+    def _candidates(self, parts: list[Path], trace_id: str) -> list[Path]:
+        """The parts that may hold ``trace_id`` (validated lower-case hex, as stored) by their row groups' ranges."""
+        ranges = self._trace_ids.of([str(p) for p in parts if p.name.startswith(COMPACTED_PREFIX)])
+        return [p for p in parts if _may_hold(ranges.get(str(p)), trace_id)]
+
     def _parts_holding(self, parts: list[Path], trace_id: str) -> list[Path]:
-        """The parts holding spans of ``trace_id``: the parts its row-group ranges leave (:class:`_TraceIdRanges`),
-        of which only the ``trace_id`` column is read, DuckDB skipping row groups by statistics and Bloom filter."""
-        parts = self._trace_ids.candidates(parts, trace_id)
+        """The parts holding spans of ``trace_id``: of the parts its row-group ranges leave (``_trace_ids``), only
+        the ``trace_id`` column is read, DuckDB skipping row groups by statistics and Bloom filter."""
+        parts = self._candidates(parts, trace_id)
         if not parts:
             return []
         with self.unbound_cursor() as cur:
