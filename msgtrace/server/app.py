@@ -145,7 +145,7 @@ def create_app(ingestor: Ingestor) -> FastAPI:
             except MsgtraceError:
                 admission.refused_unread += 1
                 raise
-            held = admitted  # (a Ticket: refuse() raised for the reasons)
+            held = admitted  # the ticket, as a Ticket for grow() (a refusal raised above)
 
             def grow(size: int) -> None:  # a body of unknown length takes its share as it arrives
                 if not admission.grow(held, size):
