@@ -5,6 +5,9 @@ query gets its own cursor, on which ``spans_source`` — the relation every view
 Parquet parts that exist when the query starts, less those compaction has retired (an explicit list, so a flush or
 a compaction publishing a part mid-query changes nothing) plus, inside the server, the spans still in memory (``live``), so a span is queryable as soon as its 200
 was sent. Duplicates between the two (a flush publishing while the query starts) collapse in the ``spans`` view.
+A query about one trace's spans binds only the parts holding it, and of a compacted part only the trace's rows,
+read here with pyarrow from the one row group its statistics and Bloom filter leave
+(:meth:`QueryEngine._trace_rows`).
 
 Every query runs with a time limit (the cursor is interrupted: :class:`QueryTimeout`) and a row cap (the result says
 ``truncated``). Values are always bound as parameters; identifiers and paths go through :func:`quote_literal` /
@@ -19,6 +22,8 @@ install or load, and the configuration locked (:data:`SANDBOX_SETTINGS`).
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import os
 import re
 import threading
 import time
@@ -30,10 +35,13 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from msgtrace.errors import MsgtraceError
 from msgtrace.schema import SPAN_SCHEMA
-from msgtrace.storage.layout import COMPACTED_PREFIX, StoreLayout
+from msgtrace.storage import bloom
+from msgtrace.storage.layout import COMPACTED_PREFIX, StoreLayout, day_to_date, part_day
 from msgtrace.storage.retired import visible_parts
 
 SOURCE_SCHEMA = SPAN_SCHEMA.append(pa.field("date", pa.date32()))
@@ -90,6 +98,7 @@ def _listing(files: list[str]) -> str:
     return ", ".join(quote_literal(f) for f in files)
 
 
+@functools.cache
 def named_query(name: str) -> str:
     return (sql_dir() / "queries" / f"{name}.sql").read_text()
 
@@ -172,12 +181,15 @@ class _FileStatistics:
         self._lock = threading.Lock()
         self._values: dict[str, Any] = {}
 
-    def of(self, files: list[str]) -> dict[str, Any]:
+    def of(self, files: list[str], *, keep: bool = False) -> dict[str, Any]:
+        """The values of ``files``; ``keep``: without forgetting the other files' (for a subset of the latest
+        call's files, which a call for just them would otherwise evict)."""
         with self._lock:
             unknown = [f for f in files if f not in self._values]
             found = self._read(unknown) if unknown else {}
-            self._values = {f: self._values[f] if f in self._values else found.get(f) for f in files}
-            return self._values
+            values = {f: self._values[f] if f in self._values else found.get(f) for f in files}
+            self._values = self._values | values if keep else values
+            return values
 
 
 @dataclass
@@ -199,9 +211,60 @@ class NewestFirst:
         return [f for f, _ in ordered[:self.files]]
 
 
-def _may_hold(ranges: list[list[str]] | None, trace_id: str) -> bool:
-    """Whether a part whose row groups hold these trace-id ranges may hold ``trace_id`` (None: not known)."""
-    return ranges is None or any(low <= trace_id <= high for low, high in ranges)
+@dataclass(frozen=True)
+class _Footer:
+    """A compacted part's parsed Parquet footer; for each of its row groups, the ``[min, max]`` trace id and where
+    the trace-id Bloom filter lies (``(offset, length)``), each None when the row group has none."""
+
+    metadata: pq.FileMetaData
+    ranges: list[tuple[str, str] | None]
+    blooms: list[tuple[int, int] | None]
+
+    @classmethod
+    def read(cls, path: str) -> _Footer | None:
+        """None when the footer cannot be read (DuckDB then probes the part, and says why it cannot)."""
+        try:
+            metadata = pq.read_metadata(path)
+            column = metadata.schema.names.index("trace_id")
+        except (OSError, ValueError, pa.ArrowException):
+            return None
+        ranges: list[tuple[str, str] | None] = []
+        blooms: list[tuple[int, int] | None] = []
+        for group in range(metadata.num_row_groups):
+            chunk = metadata.row_group(group).column(column)
+            stats = chunk.statistics
+            ranges.append((stats.min, stats.max) if stats is not None and stats.has_min_max else None)
+            offset, length = chunk.bloom_filter_offset, chunk.bloom_filter_length
+            blooms.append((offset, length) if offset is not None and length else None)
+        return cls(metadata, ranges, blooms)
+
+    def groups(self, trace_id: str) -> list[int]:
+        """The row groups whose ranges may hold ``trace_id`` (validated lower-case hex, as stored)."""
+        return [g for g, r in enumerate(self.ranges) if r is None or r[0] <= trace_id <= r[1]]
+
+    def filtered(self, path: Path, groups: list[int], trace_id: str) -> list[int]:
+        """Of ``groups``, those whose Bloom filter may hold ``trace_id`` (or that have none)."""
+        value, kept = trace_id.encode(), []
+        with open(path, "rb") as file:
+            for group in groups:
+                where = self.blooms[group]
+                bits = bloom.bitset(os.pread(file.fileno(), where[1], where[0])) if where is not None else None
+                if bits is None or bloom.may_contain(bits, value):
+                    kept.append(group)
+        return kept
+
+
+@dataclass
+class _Holders:
+    """Where one trace's spans are: ``probed``, the parts DuckDB found holding them (flushed parts, and compacted
+    ones whose footer could not be read); ``groups``, the compacted parts whose row-group ranges and Bloom filters say
+    they may hold them, with those row groups (about 1 % of them hold none: a Bloom filter's false positive)."""
+
+    probed: list[Path]
+    groups: dict[Path, list[int]]
+
+    def parts(self, order: list[Path]) -> list[Path]:
+        return [p for p in order if p in self.groups or p in self.probed]
 
 
 def check_select(sql: str) -> None:
@@ -233,14 +296,13 @@ class QueryEngine:
         # The largest trace start of each summary file, for the newest-first trace list (run_newest_first).
         self._newest = _FileStatistics(lambda files: self._statistics(
             files, "max(TRY_CAST(stats_max AS TIMESTAMP))", "start_time"))
-        # The [min, max] trace id of each row group of each compacted part. A compacted day holds disjoint, sorted
-        # trace-id ranges, so they rule out all but about one part a day before DuckDB probes any for a trace: at
-        # 10M spans over 30 days, 31 of 91 parts are probed and finding the trace's parts takes 6.3 instead of
-        # 15.7 ms. Flushed parts (one row group spanning nearly every id, rewritten by a WAL replay) are always
-        # probed; a part with a row group lacking statistics too.
-        self._trace_ids = _FileStatistics(lambda files: self._statistics(
-            files, "CASE WHEN bool_and(stats_min_value IS NOT NULL AND stats_max_value IS NOT NULL) "
-                   "THEN list([stats_min_value, stats_max_value]) END", "trace_id"))
+        # Each compacted part's footer (_Footer): the [min, max] trace id and the Bloom filter of each row group. A
+        # compacted day holds disjoint, sorted trace-id ranges, so the ranges rule out all but about one part a day
+        # for a trace (at 10M spans over 30 days, 31 of 91 parts are left: finding the trace's parts 15.7 -> 6.3 ms),
+        # the Bloom filter of that part's one row group nearly all of the rest, and the footer lets the trace's rows
+        # be read from that row group alone (_trace_rows). Flushed parts (one row group spanning nearly every id,
+        # rewritten by a WAL replay) are always probed by DuckDB.
+        self._footers = _FileStatistics(lambda files: {f: _Footer.read(f) for f in files})
         self._db = duckdb.connect(config=self._config)
         # Parse each part's footer once, not per query (lookups over 268 parts: 110 -> 77 ms, benchmarks/README).
         # DuckDB checks the file's modification time, so a part rewritten by a replay is read afresh.
@@ -304,25 +366,38 @@ class QueryEngine:
         # loses a flush that lands between the two reads.)
         live = self._live() if self._live is not None else None
         parts = visible_parts(self.layout)
+        scanned, picked = parts, None  # picked: rows read here instead of by DuckDB (one trace's spans or tree)
         if trace_id is not None and parts:
-            parts = self._parts_holding(parts, trace_id)
+            holders = self._holders(parts, trace_id)
+            parts = scanned = holders.parts(parts)
+            if not traces and holders.groups:
+                picked = self._trace_rows(holders.groups, trace_id)
+                scanned = holders.probed
         has_live = live is not None and live.num_rows > 0
         if has_live:
             cur.register("live_spans", live)
 
-        def union(files: list[str]) -> str | None:
-            """The files, and the spans still in memory, as one relation (None when there is neither)."""
+        def union(files: list[str], *, rows: bool = False) -> str | None:
+            """The files, and the spans still in memory, as one relation (None when there is neither); ``rows``:
+            with the rows read by ``_trace_rows``."""
             selects = []
             if files:
                 # No union_by_name: every part has schema version 1, and unifying schemas reads each file's schema
                 # on every query (+80 ms over 268 parts). A schema version 2 must bring it back for mixed stores.
                 selects.append(f"SELECT * FROM read_parquet([{_listing(files)}], hive_partitioning = true)")
+            if rows and picked is not None:
+                selects.append("SELECT * FROM trace_rows")
             if has_live:
                 selects.append("SELECT * FROM live_spans")
             return " UNION ALL BY NAME ".join(selects) if selects else None
 
-        if (everything := union([str(p) for p in parts])) is not None:
-            cur.execute("CREATE OR REPLACE TEMP VIEW spans_source AS " + everything)
+        if picked is not None and not scanned and not has_live:
+            cur.register("spans_source", picked)  # (the whole source: no view over it needed, ~0.6 ms)
+        else:
+            if picked is not None:
+                cur.register("trace_rows", picked)
+            if (everything := union([str(p) for p in scanned], rows=True)) is not None:
+                cur.execute("CREATE OR REPLACE TEMP VIEW spans_source AS " + everything)
         tombstones = [str(p) for p in self.layout.delete_files()]
         if tombstones:
             cur.execute(f"CREATE OR REPLACE TEMP VIEW deleted_traces AS SELECT trace_id FROM read_parquet("
@@ -365,20 +440,52 @@ class QueryEngine:
 
     def _candidates(self, parts: list[Path], trace_id: str) -> list[Path]:
         """The parts that may hold ``trace_id`` (validated lower-case hex, as stored) by their row groups' ranges."""
-        ranges = self._trace_ids.of([str(p) for p in parts if p.name.startswith(COMPACTED_PREFIX)])
-        return [p for p in parts if _may_hold(ranges.get(str(p)), trace_id)]
+        footers = self._footers.of([str(p) for p in parts if p.name.startswith(COMPACTED_PREFIX)])
+        return [p for p in parts if (footer := footers.get(str(p))) is None or footer.groups(trace_id)]
 
-    def _parts_holding(self, parts: list[Path], trace_id: str) -> list[Path]:
-        """The parts holding spans of ``trace_id``: of the parts its row-group ranges leave (``_trace_ids``), only
-        the ``trace_id`` column is read, DuckDB skipping row groups by statistics and Bloom filter."""
-        parts = self._candidates(parts, trace_id)
-        if not parts:
-            return []
-        with self.unbound_cursor() as cur:
-            hits = {r[0] for r in cur.execute(
-                f"SELECT DISTINCT filename FROM read_parquet([{_listing([str(p) for p in parts])}], filename = true)"
-                " WHERE trace_id = $trace_id", {"trace_id": trace_id}).fetchall()}
-        return [p for p in parts if str(p) in hits]
+    def _holders(self, parts: list[Path], trace_id: str) -> _Holders:
+        """The parts holding spans of ``trace_id``. Of the parts its row-group ranges leave (:meth:`_candidates`),
+        the compacted ones are checked against the Bloom filters of those row groups here, in Python (~10 µs a
+        row group, where asking DuckDB cost ~0.3 ms a file: 2.8 ms of a 1M-span lookup); the others (flushed parts,
+        one row group spanning nearly every id and no Bloom filter) are probed by DuckDB, which reads only their
+        ``trace_id`` column."""
+        footers = self._footers.of([str(p) for p in parts if p.name.startswith(COMPACTED_PREFIX)])
+        groups: dict[Path, list[int]] = {}
+        probe = []
+        for part in self._candidates(parts, trace_id):
+            footer = footers.get(str(part))
+            if footer is None:
+                probe.append(part)
+            elif kept := footer.filtered(part, footer.groups(trace_id), trace_id):
+                groups[part] = kept
+        probed = []
+        if probe:
+            with self.unbound_cursor() as cur:
+                hits = {r[0] for r in cur.execute(
+                    f"SELECT DISTINCT filename FROM read_parquet([{_listing([str(p) for p in probe])}], "
+                    "filename = true) WHERE trace_id = $trace_id", {"trace_id": trace_id}).fetchall()}
+            probed = [p for p in probe if str(p) in hits]
+        return _Holders(probed, groups)
+
+    def _trace_rows(self, groups: dict[Path, list[int]], trace_id: str) -> pa.Table:
+        """The rows of ``trace_id`` in these row groups of compacted parts, read with pyarrow and shaped as
+        ``spans_source`` rows (the ``date`` partition column included).
+
+        DuckDB decodes a row group at a fixed cost per leaf column (81 of them, most in the attribute maps): ~20 ms
+        for the trace's 8,192-row group at 1M spans, the bulk of a lookup. pyarrow decodes the same rows in about
+        half that, and in proportion to their number, so with 2,048-row groups the trace's rows take ~5 ms
+        (benchmarks/README.md). Only compacted parts are read this way: they are immutable (never rewritten under
+        their name) and sorted, so one row group holds the trace, two at a boundary."""
+        footers = self._footers.of([str(p) for p in groups], keep=True)  # (a subset of _holders' parts)
+        tables = []
+        for part, wanted in groups.items():
+            footer, day = footers[str(part)], part_day(part)
+            with pq.ParquetFile(part, metadata=footer.metadata) as file:
+                rows = file.read_row_groups(wanted, use_threads=True)
+            rows = rows.filter(pc.equal(rows["trace_id"], trace_id))
+            date = pa.array([None if day is None else day_to_date(day)] * rows.num_rows, pa.date32())
+            tables.append(rows.append_column("date", date))
+        return pa.concat_tables(tables).cast(SOURCE_SCHEMA)
 
     def run(self, sql: str, params: dict[str, Any] | list[Any] | None = None, *, max_rows: int | None = None,
             timeout: float | None = None, trace_id: str | None = None) -> QueryResult:
