@@ -15,6 +15,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
@@ -22,8 +24,9 @@ import msgtrace
 from msgtrace.config import IngestConfig
 from msgtrace.ingest.decode import WireFormat
 from msgtrace.ingest.pipeline import Ingestor
-from msgtrace.query.engine import QueryTimeout
+from msgtrace.query.engine import QueryEngine, QueryTimeout
 from msgtrace.query.store import InvalidArgument, Store, TraceNotFound
+from msgtrace.schema import SPAN_SCHEMA
 from msgtrace.storage.compactor import CompactionSettings, Compactor
 from msgtrace.storage.layout import StoreLayout, part_range
 from msgtrace.storage.retired import visible_parts
@@ -576,3 +579,25 @@ def test_one_trace_read_from_compacted_row_groups_equals_the_raw_rows(tmp_path: 
             assert [r["name"] for r in store.trace_result("cd" * 16).table.to_pylist()] == ["day-0", "day-1"]
     finally:
         ingestor.close()
+
+
+def test_a_trace_in_an_unsorted_row_group_is_read_whole(tmp_path: Path) -> None:
+    """Compacted parts are sorted by trace id, so a one-trace read slices the trace's rows out of its row group;
+    were a row group not sorted, every row of the trace must still come back (and no other)."""
+    day = tmp_path / "spans" / "date=2026-12-01"
+    day.mkdir(parents=True)
+    part = day / "c-00000000000000000001-0000.parquet"
+    ids = ["aa" * 16, "bb" * 16, "aa" * 16, "cc" * 16, "aa" * 16]
+    rows = {name: [None] * len(ids) for name in SPAN_SCHEMA.names}
+    rows.update(trace_id=ids, span_id=[f"{i:016x}" for i in range(len(ids))], name=[f"s{i}" for i in range(len(ids))])
+    pq.write_table(pa.table(rows, schema=SPAN_SCHEMA), part)
+    engine = QueryEngine(tmp_path)
+    try:
+        engine._candidates([part], "aa" * 16)  # (reads the footer)
+        for trace_id, expected in (("aa" * 16, ["s0", "s2", "s4"]), ("bb" * 16, ["s1"]), ("dd" * 16, [])):
+            got = engine._trace_rows({part: [0]}, trace_id)
+            assert got.column("name").to_pylist() == expected
+            assert set(got.column("trace_id").to_pylist()) <= {trace_id}
+            assert got.column("date").to_pylist() == [dt.date(2026, 12, 1)] * len(expected)
+    finally:
+        engine.close()

@@ -482,10 +482,17 @@ class QueryEngine:
             footer, day = footers[str(part)], part_day(part)
             with pq.ParquetFile(part, metadata=footer.metadata) as file:
                 rows = file.read_row_groups(wanted, use_threads=True)
-            rows = rows.filter(pc.equal(rows["trace_id"], trace_id))
-            date = pa.array([None if day is None else day_to_date(day)] * rows.num_rows, pa.date32())
-            tables.append(rows.append_column("date", date))
-        return pa.concat_tables(tables).cast(SOURCE_SCHEMA)
+            ids = rows["trace_id"]
+            first, count = pc.index(ids, trace_id).as_py(), pc.sum(pc.equal(ids, trace_id)).as_py() or 0
+            # The part is sorted by trace id, so the trace's rows are one slice, no copy (filtering copies the
+            # attribute maps: ~0.4 ms); should a row group not be sorted, filter.
+            picked = rows.slice(first, count) if count else rows.slice(0, 0)
+            if count and pc.count_distinct(picked["trace_id"]).as_py() != 1:
+                picked = rows.filter(pc.equal(ids, trace_id))
+            date = pa.array([None if day is None else day_to_date(day)] * picked.num_rows, pa.date32())
+            tables.append(picked.append_column("date", date))
+        table = pa.concat_tables(tables)
+        return table if table.schema.equals(SOURCE_SCHEMA) else table.cast(SOURCE_SCHEMA)
 
     def run(self, sql: str, params: dict[str, Any] | list[Any] | None = None, *, max_rows: int | None = None,
             timeout: float | None = None, trace_id: str | None = None) -> QueryResult:
