@@ -366,12 +366,13 @@ class QueryEngine:
         # loses a flush that lands between the two reads.)
         live = self._live() if self._live is not None else None
         parts = visible_parts(self.layout)
-        scanned, picked = parts, None  # picked: rows read here instead of by DuckDB (one trace's spans or tree)
+        # picked: rows read here instead of by DuckDB (one trace's spans or tree), from `sources` compacted parts
+        scanned, picked, sources = parts, None, 0
         if trace_id is not None and parts:
             holders = self._holders(parts, trace_id)
             parts = scanned = holders.parts(parts)
             if not traces and holders.groups:
-                picked = self._trace_rows(holders.groups, trace_id)
+                picked, sources = self._trace_rows(holders.groups, trace_id)
                 scanned = holders.probed
         has_live = live is not None and live.num_rows > 0
         if has_live:
@@ -402,6 +403,11 @@ class QueryEngine:
         if tombstones:
             cur.execute(f"CREATE OR REPLACE TEMP VIEW deleted_traces AS SELECT trace_id FROM read_parquet("
                         f"[{_listing(tombstones)}])")
+        if picked is not None and not scanned and not has_live and sources <= 1:
+            # All of the trace's rows come from one compacted part, which holds one row per span (compaction
+            # keeps the row the spans view's window would): the window is left out. On a trace's ~10 rows it
+            # costs ~5 ms, a fixed cost per column it carries (benchmarks/README.md).
+            cur.execute("CREATE OR REPLACE TEMP VIEW spans AS SELECT * FROM span_rows('spans_source')")
         if trace_id is not None and not traces:
             # One trace's spans or tree: the views that need no trace rows are bound; the others keep their
             # catalog defaults (binding them cost ~5 ms of a ~40 ms lookup at 1M spans, benchmarks/README.md).
@@ -467,9 +473,9 @@ class QueryEngine:
             probed = [p for p in probe if str(p) in hits]
         return _Holders(probed, groups)
 
-    def _trace_rows(self, groups: dict[Path, list[int]], trace_id: str) -> pa.Table:
+    def _trace_rows(self, groups: dict[Path, list[int]], trace_id: str) -> tuple[pa.Table, int]:
         """The rows of ``trace_id`` in these row groups of compacted parts, read with pyarrow and shaped as
-        ``spans_source`` rows (the ``date`` partition column included).
+        ``spans_source`` rows (the ``date`` partition column included), and how many parts they came from.
 
         DuckDB decodes a row group at a fixed cost per leaf column (81 of them, most in the attribute maps): ~20 ms
         for the trace's 8,192-row group at 1M spans, the bulk of a lookup. pyarrow decodes the same rows in about
@@ -492,7 +498,8 @@ class QueryEngine:
             date = pa.array([None if day is None else day_to_date(day)] * picked.num_rows, pa.date32())
             tables.append(picked.append_column("date", date))
         table = pa.concat_tables(tables)
-        return table if table.schema.equals(SOURCE_SCHEMA) else table.cast(SOURCE_SCHEMA)
+        sources = sum(1 for t in tables if t.num_rows)
+        return (table if table.schema.equals(SOURCE_SCHEMA) else table.cast(SOURCE_SCHEMA)), sources
 
     def run(self, sql: str, params: dict[str, Any] | list[Any] | None = None, *, max_rows: int | None = None,
             timeout: float | None = None, trace_id: str | None = None) -> QueryResult:
