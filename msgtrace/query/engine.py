@@ -372,8 +372,8 @@ class QueryEngine:
             holders = self._holders(parts, trace_id)
             parts = scanned = holders.parts(parts)
             if not traces and holders.groups:
-                picked, sources = self._trace_rows(holders.groups, trace_id)
-                scanned = holders.probed
+                picked, sources, unread = self._trace_rows(holders.groups, trace_id)
+                scanned = [p for p in parts if p in holders.probed or p in unread]
         has_live = live is not None and live.num_rows > 0
         if has_live:
             cur.register("live_spans", live)
@@ -473,9 +473,10 @@ class QueryEngine:
             probed = [p for p in probe if str(p) in hits]
         return _Holders(probed, groups)
 
-    def _trace_rows(self, groups: dict[Path, list[int]], trace_id: str) -> tuple[pa.Table, int]:
+    def _trace_rows(self, groups: dict[Path, list[int]], trace_id: str) -> tuple[pa.Table, int, list[Path]]:
         """The rows of ``trace_id`` in these row groups of compacted parts, read with pyarrow and shaped as
-        ``spans_source`` rows (the ``date`` partition column included), and how many parts they came from.
+        ``spans_source`` rows (the ``date`` partition column included), how many parts they came from, and the
+        parts pyarrow could not read (a damaged file: DuckDB reads those, and fails or answers as it would have).
 
         DuckDB decodes a row group at a fixed cost per leaf column (81 of them, most in the attribute maps): ~20 ms
         for the trace's 8,192-row group at 1M spans, the bulk of a lookup. pyarrow decodes the same rows in about
@@ -483,11 +484,15 @@ class QueryEngine:
         (benchmarks/README.md). Only compacted parts are read this way: they are immutable (never rewritten under
         their name) and sorted, so one row group holds the trace, two at a boundary."""
         footers = self._footers.of([str(p) for p in groups], keep=True)  # (a subset of _holders' parts)
-        tables = []
+        tables, unread = [], []
         for part, wanted in groups.items():
             footer, day = footers[str(part)], part_day(part)
-            with pq.ParquetFile(part, metadata=footer.metadata) as file:
-                rows = file.read_row_groups(wanted, use_threads=True)
+            try:
+                with pq.ParquetFile(part, metadata=footer.metadata) as file:
+                    rows = file.read_row_groups(wanted, use_threads=True)
+            except (OSError, pa.ArrowException):
+                unread.append(part)
+                continue
             ids = rows["trace_id"]
             first, count = pc.index(ids, trace_id).as_py(), pc.sum(pc.equal(ids, trace_id)).as_py() or 0
             # The part is sorted by trace id, so the trace's rows are one slice, no copy (filtering copies the
@@ -497,9 +502,9 @@ class QueryEngine:
                 picked = rows.filter(pc.equal(ids, trace_id))
             date = pa.array([None if day is None else day_to_date(day)] * picked.num_rows, pa.date32())
             tables.append(picked.append_column("date", date))
-        table = pa.concat_tables(tables)
+        table = pa.concat_tables(tables) if tables else SOURCE_SCHEMA.empty_table()
         sources = sum(1 for t in tables if t.num_rows)
-        return (table if table.schema.equals(SOURCE_SCHEMA) else table.cast(SOURCE_SCHEMA)), sources
+        return (table if table.schema.equals(SOURCE_SCHEMA) else table.cast(SOURCE_SCHEMA)), sources, unread
 
     def run(self, sql: str, params: dict[str, Any] | list[Any] | None = None, *, max_rows: int | None = None,
             timeout: float | None = None, trace_id: str | None = None) -> QueryResult:
