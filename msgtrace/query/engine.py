@@ -460,9 +460,13 @@ class QueryEngine:
         probe = []
         for part in self._candidates(parts, trace_id):
             footer = footers.get(str(part))
-            if footer is None:
+            try:
+                kept = None if footer is None else footer.filtered(part, footer.groups(trace_id), trace_id)
+            except OSError:  # (gone or unreadable: DuckDB says which)
+                kept = None
+            if kept is None:
                 probe.append(part)
-            elif kept := footer.filtered(part, footer.groups(trace_id), trace_id):
+            elif kept:
                 groups[part] = kept
         probed = []
         if probe:
