@@ -392,7 +392,8 @@ class QueryEngine:
                 selects.append("SELECT * FROM live_spans")
             return " UNION ALL BY NAME ".join(selects) if selects else None
 
-        if picked is not None and not scanned and not has_live:
+        only_picked = picked is not None and not scanned and not has_live
+        if only_picked:
             cur.register("spans_source", picked)  # (the whole source: no view over it needed, ~0.6 ms)
         else:
             if picked is not None:
@@ -403,7 +404,7 @@ class QueryEngine:
         if tombstones:
             cur.execute(f"CREATE OR REPLACE TEMP VIEW deleted_traces AS SELECT trace_id FROM read_parquet("
                         f"[{_listing(tombstones)}])")
-        if picked is not None and not scanned and not has_live and sources <= 1:
+        if only_picked and sources <= 1:
             # All of the trace's rows come from one compacted part, which holds one row per span (compaction
             # keeps the row the spans view's window would): the window is left out. On a trace's ~10 rows it
             # costs ~5 ms, a fixed cost per column it carries (benchmarks/README.md).
@@ -501,11 +502,11 @@ class QueryEngine:
             first, count = pc.index(ids, trace_id).as_py(), pc.sum(pc.equal(ids, trace_id)).as_py() or 0
             # The part is sorted by trace id, so the trace's rows are one slice, no copy (filtering copies the
             # attribute maps: ~0.4 ms); should a row group not be sorted, filter.
-            picked = rows.slice(first, count) if count else rows.slice(0, 0)
-            if count and pc.count_distinct(picked["trace_id"]).as_py() != 1:
-                picked = rows.filter(pc.equal(ids, trace_id))
-            date = pa.array([None if day is None else day_to_date(day)] * picked.num_rows, pa.date32())
-            tables.append(picked.append_column("date", date))
+            trace = rows.slice(first, count) if count else rows.slice(0, 0)
+            if count and pc.count_distinct(trace["trace_id"]).as_py() != 1:
+                trace = rows.filter(pc.equal(ids, trace_id))
+            date = pa.array([None if day is None else day_to_date(day)] * trace.num_rows, pa.date32())
+            tables.append(trace.append_column("date", date))
         table = pa.concat_tables(tables) if tables else SOURCE_SCHEMA.empty_table()
         sources = sum(1 for t in tables if t.num_rows)
         return (table if table.schema.equals(SOURCE_SCHEMA) else table.cast(SOURCE_SCHEMA)), sources, unread
