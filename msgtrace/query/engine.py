@@ -211,6 +211,32 @@ class NewestFirst:
         return [f for f, _ in ordered[:self.files]]
 
 
+def _leaf(metadata: pq.FileMetaData, column: str) -> int:
+    """The index of the top-level scalar column ``column`` among the file's leaf columns (StopIteration: none)."""
+    return next(i for i in range(metadata.num_columns) if metadata.schema.column(i).path == column)
+
+
+def _ranges(metadata: pq.FileMetaData, column: str) -> list[tuple[Any, Any] | None]:
+    """The ``(min, max)`` of the top-level column ``column`` in each row group, by its statistics (None where it has
+    none). Plain values: a Statistics object must not outlive the metadata it came from."""
+    leaf = _leaf(metadata, column)
+    out: list[tuple[Any, Any] | None] = []
+    for group in range(metadata.num_row_groups):
+        stats = metadata.row_group(group).column(leaf).statistics
+        out.append((stats.min, stats.max) if stats is not None and stats.has_min_max else None)
+    return out
+
+
+def _largest(path: str, column: str) -> Any:
+    """The largest value of ``column`` in a Parquet file by its row groups' statistics; None when not known (the
+    footer unreadable, or a row group without statistics)."""
+    try:
+        ranges = _ranges(pq.read_metadata(path), column)
+    except (OSError, StopIteration, pa.ArrowException):
+        return None
+    return None if not ranges or None in ranges else max(high for _, high in ranges)
+
+
 @dataclass(frozen=True)
 class _Footer:
     """A compacted part's parsed Parquet footer; for each of its row groups, the ``[min, max]`` trace id and where
@@ -225,15 +251,13 @@ class _Footer:
         """None when the footer cannot be read (DuckDB then probes the part, and says why it cannot)."""
         try:
             metadata = pq.read_metadata(path)
-            column = metadata.schema.names.index("trace_id")
-        except (OSError, ValueError, pa.ArrowException):
+            leaf = _leaf(metadata, "trace_id")
+            ranges = _ranges(metadata, "trace_id")
+        except (OSError, StopIteration, pa.ArrowException):
             return None
-        ranges: list[tuple[str, str] | None] = []
         blooms: list[tuple[int, int] | None] = []
         for group in range(metadata.num_row_groups):
-            chunk = metadata.row_group(group).column(column)
-            stats = chunk.statistics
-            ranges.append((stats.min, stats.max) if stats is not None and stats.has_min_max else None)
+            chunk = metadata.row_group(group).column(leaf)
             offset, length = chunk.bloom_filter_offset, chunk.bloom_filter_length
             blooms.append((offset, length) if offset is not None and length else None)
         return cls(metadata, ranges, blooms)
@@ -294,8 +318,7 @@ class QueryEngine:
         self.sandbox_memory_bytes = sandbox_memory_bytes  # each sandbox database's memory_limit; None: DuckDB's
         self._shared = _SharedRows()
         # The largest trace start of each summary file, for the newest-first trace list (run_newest_first).
-        self._newest = _FileStatistics(lambda files: self._statistics(
-            files, "max(TRY_CAST(stats_max AS TIMESTAMP))", "start_time"))
+        self._newest = _FileStatistics(lambda files: {f: _largest(f, "start_time") for f in files})
         # Each compacted part's footer (_Footer): the [min, max] trace id and the Bloom filter of each row group. A
         # compacted day holds disjoint, sorted trace-id ranges, so the ranges rule out all but about one part a day
         # for a trace (at 10M spans over 30 days, 31 of 91 parts are left: finding the trace's parts 15.7 -> 6.3 ms),
@@ -438,12 +461,6 @@ class QueryEngine:
         else:
             cur.execute("CREATE OR REPLACE TEMP VIEW redo_source AS SELECT * FROM spans_source WHERE false")
         return [str(p) for p in parts] + summaries + tombstones
-
-    def _statistics(self, files: list[str], value: str, column: str) -> dict[str, Any]:
-        """``value``, an aggregate over the row groups' ``parquet_metadata`` rows of ``column``, for each file."""
-        with self.unbound_cursor() as cur:
-            return dict(cur.execute(f"SELECT file_name, {value} FROM parquet_metadata([{_listing(files)}]) "
-                                    f"WHERE path_in_schema = {quote_literal(column)} GROUP BY ALL").fetchall())
 
     def _candidates(self, parts: list[Path], trace_id: str) -> list[Path]:
         """The parts that may hold ``trace_id`` (validated lower-case hex, as stored) by their row groups' ranges."""
