@@ -600,7 +600,8 @@ def test_one_trace_read_from_compacted_row_groups_equals_the_raw_rows(tmp_path: 
                     assert plain == (one_part and live_source is None), trace_id  # live rows may duplicate any
                     fast += plain
                 assert read_by_pyarrow == len(picks)  # every trace has compacted spans: pyarrow read each
-                assert fast >= (30 if live_source is None else 0)  # (most sampled traces lie in one part)
+                if live_source is None:  # (most sampled traces lie in one part: the shortcut is taken at all)
+                    assert fast >= 30
                 live_names = {r["name"] for r in store.trace_result(live_trace).table.to_pylist()}
                 assert ("redelivered-live" in live_names) == (live_source is not None)
                 flushed_names = {r["name"] for r in store.trace_result(flushed_trace).table.to_pylist()}
@@ -623,9 +624,10 @@ def test_a_trace_in_an_unsorted_row_group_is_read_whole(tmp_path: Path) -> None:
     pq.write_table(pa.table(rows, schema=SPAN_SCHEMA), part)
     engine = QueryEngine(tmp_path)
     try:
-        engine._candidates([part], "aa" * 16)  # (reads the footer)
+        footer = engine._candidates([part], "aa" * 16)[part]
+        assert footer is not None
         for trace_id, expected in (("aa" * 16, ["s0", "s2", "s4"]), ("bb" * 16, ["s1"]), ("dd" * 16, [])):
-            got, sources, unread = engine._trace_rows({part: [0]}, trace_id)
+            got, sources, unread = engine._trace_rows({part: (footer, [0])}, trace_id)
             assert not unread
             assert sources == (1 if expected else 0)
             assert got.column("name").to_pylist() == expected

@@ -171,7 +171,7 @@ class _SharedRows:
 
 
 class _FileStatistics:
-    """A value per Parquet file taken from its statistics, read once per file: the files it is asked about are
+    """A value per Parquet file read from its footer, once per file: the files it is asked about are
     immutable (summary files and compacted parts; every compaction pass writes new ones under new names). ``read``
     gets the files not seen yet and returns their values; a file it leaves out gets None. Only the files of the
     latest call are kept, so the cache never outgrows the store."""
@@ -181,15 +181,12 @@ class _FileStatistics:
         self._lock = threading.Lock()
         self._values: dict[str, Any] = {}
 
-    def of(self, files: list[str], *, keep: bool = False) -> dict[str, Any]:
-        """The values of ``files``; ``keep``: without forgetting the other files' (for a subset of the latest
-        call's files, which a call for just them would otherwise evict)."""
+    def of(self, files: list[str]) -> dict[str, Any]:
         with self._lock:
             unknown = [f for f in files if f not in self._values]
             found = self._read(unknown) if unknown else {}
-            values = {f: self._values[f] if f in self._values else found.get(f) for f in files}
-            self._values = self._values | values if keep else values
-            return values
+            self._values = {f: self._values[f] if f in self._values else found.get(f) for f in files}
+            return self._values
 
 
 @dataclass
@@ -282,10 +279,11 @@ class _Footer:
 class _Holders:
     """Where one trace's spans are: ``probed``, the parts DuckDB found holding them (flushed parts, and compacted
     ones whose footer could not be read); ``groups``, the compacted parts whose row-group ranges and Bloom filters say
-    they may hold them, with those row groups (about 1 % of them hold none: a Bloom filter's false positive)."""
+    they may hold them, with their footers and those row groups (about 1 % of them hold none: a Bloom filter's false
+    positive)."""
 
     probed: list[Path]
-    groups: dict[Path, list[int]]
+    groups: dict[Path, tuple[_Footer, list[int]]]
 
     def parts(self, order: list[Path]) -> list[Path]:
         return [p for p in order if p in self.groups or p in self.probed]
@@ -401,15 +399,15 @@ class QueryEngine:
         if has_live:
             cur.register("live_spans", live)
 
-        def union(files: list[str], *, rows: bool = False) -> str | None:
-            """The files, and the spans still in memory, as one relation (None when there is neither); ``rows``:
-            with the rows read by ``_trace_rows``."""
+        def union(files: list[str]) -> str | None:
+            """The files, the rows read by ``_trace_rows`` and the spans still in memory, as one relation (None when
+            there is none of them)."""
             selects = []
             if files:
                 # No union_by_name: every part has schema version 1, and unifying schemas reads each file's schema
                 # on every query (+80 ms over 268 parts). A schema version 2 must bring it back for mixed stores.
                 selects.append(f"SELECT * FROM read_parquet([{_listing(files)}], hive_partitioning = true)")
-            if rows and picked is not None:
+            if picked is not None:  # (only for one trace's spans or tree, which use no other union)
                 selects.append("SELECT * FROM trace_rows")
             if has_live:
                 selects.append("SELECT * FROM live_spans")
@@ -421,7 +419,7 @@ class QueryEngine:
         else:
             if picked is not None:
                 cur.register("trace_rows", picked)
-            if (everything := union([str(p) for p in scanned], rows=True)) is not None:
+            if (everything := union([str(p) for p in scanned])) is not None:
                 cur.execute("CREATE OR REPLACE TEMP VIEW spans_source AS " + everything)
         tombstones = [str(p) for p in self.layout.delete_files()]
         if tombstones:
@@ -462,10 +460,11 @@ class QueryEngine:
             cur.execute("CREATE OR REPLACE TEMP VIEW redo_source AS SELECT * FROM spans_source WHERE false")
         return [str(p) for p in parts] + summaries + tombstones
 
-    def _candidates(self, parts: list[Path], trace_id: str) -> list[Path]:
-        """The parts that may hold ``trace_id`` (validated lower-case hex, as stored) by their row groups' ranges."""
+    def _candidates(self, parts: list[Path], trace_id: str) -> dict[Path, _Footer | None]:
+        """The parts that may hold ``trace_id`` (validated lower-case hex, as stored) by their row groups' ranges,
+        with their footers (None for a flushed part, or a compacted one whose footer could not be read)."""
         footers = self._footers.of([str(p) for p in parts if p.name.startswith(COMPACTED_PREFIX)])
-        return [p for p in parts if (footer := footers.get(str(p))) is None or footer.groups(trace_id)]
+        return {p: footer for p in parts if (footer := footers.get(str(p))) is None or footer.groups(trace_id)}
 
     def _holders(self, parts: list[Path], trace_id: str) -> _Holders:
         """The parts holding spans of ``trace_id``. Of the parts its row-group ranges leave (:meth:`_candidates`),
@@ -473,19 +472,17 @@ class QueryEngine:
         row group, where asking DuckDB cost ~0.3 ms a file: 2.8 ms of a 1M-span lookup); the others (flushed parts,
         one row group spanning nearly every id and no Bloom filter) are probed by DuckDB, which reads only their
         ``trace_id`` column."""
-        footers = self._footers.of([str(p) for p in parts if p.name.startswith(COMPACTED_PREFIX)])
-        groups: dict[Path, list[int]] = {}
+        groups: dict[Path, tuple[_Footer, list[int]]] = {}
         probe = []
-        for part in self._candidates(parts, trace_id):
-            footer = footers.get(str(part))
+        for part, footer in self._candidates(parts, trace_id).items():
             try:
                 kept = None if footer is None else footer.filtered(part, footer.groups(trace_id), trace_id)
             except OSError:  # (gone or unreadable: DuckDB says which)
                 kept = None
-            if kept is None:
+            if footer is None or kept is None:
                 probe.append(part)
             elif kept:
-                groups[part] = kept
+                groups[part] = (footer, kept)
         probed = []
         if probe:
             with self.unbound_cursor() as cur:
@@ -495,20 +492,21 @@ class QueryEngine:
             probed = [p for p in probe if str(p) in hits]
         return _Holders(probed, groups)
 
-    def _trace_rows(self, groups: dict[Path, list[int]], trace_id: str) -> tuple[pa.Table, int, list[Path]]:
-        """The rows of ``trace_id`` in these row groups of compacted parts, read with pyarrow and shaped as
-        ``spans_source`` rows (the ``date`` partition column included), how many parts they came from, and the
-        parts pyarrow could not read (a damaged file: DuckDB reads those, and fails or answers as it would have).
+    def _trace_rows(self, groups: dict[Path, tuple[_Footer, list[int]]], trace_id: str
+                    ) -> tuple[pa.Table, int, list[Path]]:
+        """The rows of ``trace_id`` in these row groups of compacted parts (each with its footer), read with
+        pyarrow and shaped as ``spans_source`` rows (the ``date`` partition column included); how many parts they
+        came from; and the parts pyarrow could not read (a damaged file: DuckDB reads those, and fails or answers
+        as it would have).
 
         DuckDB decodes a row group at a fixed cost per leaf column (81 of them, most in the attribute maps): ~20 ms
         for the trace's 8,192-row group at 1M spans, the bulk of a lookup. pyarrow decodes the same rows in about
         half that, and in proportion to their number, so with 2,048-row groups the trace's rows take ~5 ms
         (benchmarks/README.md). Only compacted parts are read this way: they are immutable (never rewritten under
         their name) and sorted, so one row group holds the trace, two at a boundary."""
-        footers = self._footers.of([str(p) for p in groups], keep=True)  # (a subset of _holders' parts)
         tables, unread = [], []
-        for part, wanted in groups.items():
-            footer, day = footers[str(part)], part_day(part)
+        for part, (footer, wanted) in groups.items():
+            day = part_day(part)
             try:
                 with pq.ParquetFile(part, metadata=footer.metadata) as file:
                     rows = file.read_row_groups(wanted, use_threads=True)
