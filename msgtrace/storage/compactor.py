@@ -79,14 +79,14 @@ class CompactionSettings:
     settle_seconds: float = 600.0
     grace_seconds: float = 600.0
     # What a lookup decodes: 2,048 rows instead of 8,192 take a trace's rows from ~12 to ~4 ms (1M lookup p50 ~27 ->
-    # ~19 ms) for +6.6 % bytes and +13-18 % compaction time (a fixed cost per column chunk written); 1,024 is no
+    # ~19 ms) for +6.7 % bytes and +13-18 % compaction time (a fixed cost per column chunk written); 1,024 is no
     # faster in the store
     row_group_rows: int = 2_048
     # zstd level 1: 12 % less compaction CPU than level 3 for 0.7 % more bytes (1M-span store, 2026-11-25)
     compression_level: int = 1
     merge_rows: int = 32_768  # rows sorted in memory at once (~2.2 KB of Arrow each, held twice while sorting)
     cut_sample_rows: int = 65_536  # trace ids read (at least) to place a day's cuts: see _ranges
-    # 2 on 2 cores: ~100,000-128,000 spans/s instead of ~79,000 at 10M, ~0.9 GB peak; the server's pass keeps 1 so
+    # 2 on 2 cores: ~97,000-128,000 spans/s instead of ~79,000 at 10M, ~0.9 GB peak; the server's pass keeps 1 so
     # that ingest keeps a core
     workers: int = 1
 
