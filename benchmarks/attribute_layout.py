@@ -35,7 +35,8 @@ import pyarrow.parquet as pq
 from msgtrace.ingest import batch
 from msgtrace.ingest.decode import WireFormat, decode_request
 from msgtrace.ingest.truncation import Truncator
-from msgtrace.storage.compactor import DICTIONARY_COLUMNS, CompactionSettings, _parquet_options
+from msgtrace.schema import DICTIONARY_COLUMNS
+from msgtrace.storage.compactor import CompactionSettings, _parquet_options
 from msgtrace.storage.layout import COMPACTED_PREFIX
 from msgtrace.synthetic import build_workload
 

