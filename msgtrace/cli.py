@@ -364,7 +364,7 @@ def compact(
     data_dir: DataDirOption = None,
     grace: GraceOption = None,
     workers: Annotated[int, typer.Option(min=1, max=64, help="Merge threads: at 10M spans on 2 cores, 2 compacted "
-                                         "~97,000-128,000 spans/s at ~0.86-0.95 GB peak, 1 ~79,000 at ~0.75 GB")] = 1,
+                                         "~122,000-124,000 spans/s at ~0.92-0.95 GB peak, 1 ~71,000 at ~0.84 GB")] = 1,
     json_out: JsonOption = False,
 ) -> None:
     """Merge each day's small Parquet files into few large ones sorted for trace lookup, dropping deleted traces

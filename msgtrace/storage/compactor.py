@@ -83,8 +83,8 @@ class CompactionSettings:
     compression_level: int = 1
     merge_rows: int = 32_768  # rows sorted in memory at once (~2.2 KB of Arrow each, held twice while sorting)
     cut_sample_rows: int = 65_536  # trace ids read (at least) to place a day's cuts: see _ranges
-    # 2 on 2 cores: ~97,000-128,000 spans/s instead of ~79,000 at 10M, ~0.9 GB peak; the server's pass keeps 1 so
-    # that ingest keeps a core
+    # 2 on 2 cores: ~122,000-124,000 spans/s instead of ~71,000 at 10M, ~0.93 GB peak (2026-12-06); the server's
+    # pass keeps 1 so that ingest keeps a core
     workers: int = 1
 
 
