@@ -100,6 +100,41 @@ def test_duplicates_collapse_within_a_flush_and_against_the_previous_one(ingesto
     assert ingestor.status()["flush"]["duplicates_dropped"] == 100
 
 
+def one_span(end_ns: int, name: str = "s") -> bytes:
+    """Span 7 of trace 7, ending at ``end_ns``: the same span delivered again, with other content."""
+    request = ExportTraceServiceRequest()
+    span = request.resource_spans.add().scope_spans.add().spans.add()
+    span.trace_id, span.span_id, span.name = (7).to_bytes(16, "big"), (7).to_bytes(8, "big"), name
+    span.start_time_unix_nano, span.end_time_unix_nano = end_ns - 10**9, end_ns
+    return request.SerializeToString()
+
+
+def test_a_flush_keeps_the_copy_of_a_span_the_views_keep(ingestor: Ingestor, data_dir: Path) -> None:
+    """Copies of one span that differ collapse at flush time to the copy the spans view and compaction keep (the
+    latest end, then the smallest name), not to the first delivered; against the previous flush, a copy is only
+    dropped when the one already written wins or ties (a retry)."""
+    now = time.time_ns()
+
+    def written() -> list[tuple[int, str]]:
+        return sorted(duckdb.connect().execute("SELECT end_time_unix_nano - ?, name FROM read_parquet(?)",
+                                               [now, parquet_glob(data_dir)]).fetchall())
+
+    for end, name in [(0, "b"), (5, "b"), (5, "a"), (2, "c")]:  # one flush: (5, "a") wins
+        ingestor.accept(WireFormat.PROTOBUF, one_span(now + end, name), now)
+    assert ingestor.flush() == 1
+    assert written() == [(5, "a")]
+    ingestor.accept(WireFormat.PROTOBUF, one_span(now + 5, "a"), now)  # a retry of the copy written
+    ingestor.accept(WireFormat.PROTOBUF, one_span(now + 3, "a"), now)  # an older copy
+    assert ingestor.flush() == 0
+    ingestor.accept(WireFormat.PROTOBUF, one_span(now + 9, "z"), now)  # a later copy: written, the views pick it
+    assert ingestor.flush() == 1
+    assert written() == [(5, "a"), (9, "z")]
+    for _ in range(2):  # a client retrying flush after flush: the copy written stays the one to beat
+        ingestor.accept(WireFormat.PROTOBUF, one_span(now + 9, "z"), now)
+        assert ingestor.flush() == 0
+    assert ingestor.status()["flush"]["duplicates_dropped"] == 7
+
+
 def test_spans_from_two_days_go_to_two_partitions(ingestor: Ingestor, data_dir: Path) -> None:
     yesterday = time.time_ns() - 86_400 * 10**9
     ingestor.accept(WireFormat.PROTOBUF, body(1, start_ns=yesterday), time.time_ns())

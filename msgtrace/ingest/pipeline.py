@@ -81,7 +81,7 @@ class Ingestor:
         self._stopping = False
         self._flusher: threading.Thread | None = None
         self._dir_lock = DirLock(self.layout.lock_path)
-        self._recent_keys: pa.Array | None = None  # span keys of the previous flush, for duplicate collapse
+        self._recent: pa.Table | None = None  # span keys, end times, names the previous flush wrote (dedup)
         self._retry_last: int | None = None  # last WAL seq of a failed flush, retried as exactly that range
         # Compaction only touches parts the WAL checkpoint covers: a replay may rewrite any part past it.
         self._overloaded = False  # a request was refused for load since the maintenance thread last asked
@@ -248,7 +248,7 @@ class Ingestor:
                                 compression_level=self.config.parquet_compression_level)
         # Only a published flush becomes "the previous flush": after a failed one, its rows come back for a
         # retry and must not be mistaken for duplicates of themselves.
-        self._recent_keys = keys
+        self._recent = keys
         s = self.flush_stats
         s.flushes += 1
         s.spans_written += table.num_rows
@@ -259,24 +259,41 @@ class Ingestor:
         s.failing_since_unix = None
         return table.num_rows
 
-    def _drop_duplicates(self, table: pa.Table, days: pa.Array) -> tuple[pa.Table, pa.Array, pa.Array, int]:
-        """Drop rows whose (trace_id, span_id) came earlier in this flush or in the previous one; returns the
-        rows kept, their days, this flush's keys and how many rows were dropped.
+    def _drop_duplicates(self, table: pa.Table, days: pa.Array) -> tuple[pa.Table, pa.Array, pa.Table, int]:
+        """Collapse duplicate deliveries of a span (same trace_id, span_id) to the copy the spans view and compaction
+        keep: the latest end time, then the smallest name. A copy is also dropped when the previous flush had one
+        that wins or ties (a retry); a later copy is written, and the views collapse the two. Returns the rows
+        kept, their days, each span's winning copy so far (key, end, name: for the next flush) and how many rows
+        were dropped.
 
-        Vectorised (Arrow group-by and is_in), so the flusher thread holds the GIL only briefly.
+        Vectorised (Arrow sort, join and is_in), so the flusher thread holds the GIL only briefly.
         """
         keys = pc.binary_join_element_wise(table["trace_id"], table["span_id"], "")
         if isinstance(keys, pa.ChunkedArray):
             keys = keys.combine_chunks()
-        first = pa.table({"k": keys, "i": pa.array(range(len(keys)), pa.int64())}) \
-            .group_by("k", use_threads=False).aggregate([("i", "min")])
-        keep = pc.is_in(pa.array(range(len(keys)), pa.int64()), value_set=first["i_min"])
-        if self._recent_keys is not None:
-            keep = pc.and_(keep, pc.invert(pc.is_in(keys, value_set=self._recent_keys)))
-        dropped = len(keys) - pc.sum(keep).as_py() if len(keys) else 0
-        if not dropped:
-            return table, days, keys, 0
-        return table.filter(keep), days.filter(keep), keys, dropped
+        rows = pa.table({"k": keys, "end": table["end_time_unix_nano"], "name": table["name"],
+                         "i": pa.array(range(len(keys)), pa.int64())})
+        order = pc.sort_indices(rows, [("k", "ascending"), ("end", "descending"), ("name", "ascending")])
+        ordered = keys.take(order)
+        first = pa.concat_arrays([pa.array([True] * min(1, len(keys)), pa.bool_()),
+                                  pc.not_equal(ordered.slice(1), ordered.slice(0, max(0, len(keys) - 1)))])
+        kept = rows.take(order.filter(first))  # one row per span: this flush's winning copy
+        seen = [kept.select(["k", "end", "name"])]
+        if self._recent is not None and kept.num_rows:
+            prev = kept.join(self._recent, "k", join_type="inner", right_suffix="_prev")
+            beaten = prev.filter(pc.or_(pc.less(prev["end"], prev["end_prev"]),
+                                        pc.and_(pc.equal(prev["end"], prev["end_prev"]),
+                                                pc.greater_equal(prev["name"], prev["name_prev"]))))
+            if beaten.num_rows:
+                kept = kept.filter(pc.invert(pc.is_in(kept["i"], value_set=beaten["i"])))
+                # The copy already written stays the one to beat, for as long as the span keeps coming.
+                seen = [kept.select(["k", "end", "name"]),
+                        pa.table({"k": beaten["k"], "end": beaten["end_prev"], "name": beaten["name_prev"]})]
+        dropped = len(keys) - kept.num_rows
+        if dropped:
+            keep = pc.is_in(rows["i"], value_set=kept["i"])
+            table, days = table.filter(keep), days.filter(keep)
+        return table, days, pa.concat_tables(seen), dropped
 
     def _flush_loop(self) -> None:
         interval = self.config.flush_interval
