@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import random
 import re
+import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -667,3 +668,25 @@ def test_a_damaged_row_group_fails_the_lookup_with_a_clear_error(tmp_path: Path)
         with pytest.raises(QueryError, match=re.escape(part.name)):
             store.trace(damaged)
         assert set(store.trace(intact)["trace_id"]) == {intact}
+
+
+def test_a_query_past_the_memory_limit_spills_outside_the_working_directory(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """DuckDB spills to ``.tmp`` in the working directory unless told otherwise: a killed server or compaction left
+    GBs there. The engine's spill directory is its own, under the system's temp directory, and gone once closed."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    engine = QueryEngine(tmp_path / "store", memory_limit="64MB", threads=1)
+    try:
+        with engine.unbound_cursor() as cur:
+            spill = Path(cur.sql("SELECT current_setting('temp_directory')").fetchall()[0][0])
+            # ~6M rows of 32-byte strings sorted: several times the limit, so DuckDB must spill.
+            assert cur.sql("SELECT count(*) FROM (SELECT md5(range::VARCHAR) AS h FROM range(6000000) ORDER BY h)"
+                           ).fetchall() == [(6_000_000,)]
+            assert spill.is_dir() and spill.parent == Path(tempfile.gettempdir())
+            assert list(cwd.iterdir()) == []
+    finally:
+        engine.close()
+    assert not spill.exists()
+    assert list(cwd.iterdir()) == []

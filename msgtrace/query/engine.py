@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import itertools
 import os
 import re
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -302,6 +304,9 @@ def check_select(sql: str) -> None:
         raise QueryError(f"only SELECT statements are allowed, not {kind.name}")
 
 
+_ENGINE_NUMBERS = itertools.count()  # names each engine's spill directory
+
+
 class QueryEngine:
     def __init__(self, data_dir: Path | str, *, live: LiveSource | None = None, timeout: float = 10.0,
                  max_rows: int = 10_000, threads: int | None = None, memory_limit: str | None = None,
@@ -313,6 +318,11 @@ class QueryEngine:
         self._config: dict[str, Any] = {"threads": threads} if threads else {}
         if memory_limit:
             self._config["memory_limit"] = memory_limit
+        # Where a query past the memory limit spills: DuckDB's default is ``.tmp`` in the working directory, which
+        # left GBs of spill files in whatever directory a server or a compaction was started from when it was killed.
+        # DuckDB creates the directory when it first spills and removes what it wrote when the database closes.
+        self._config["temp_directory"] = str(Path(tempfile.gettempdir()) / f"msgtrace-duckdb-{os.getpid()}-"
+                                             f"{next(_ENGINE_NUMBERS)}")
         self.sandbox_memory_bytes = sandbox_memory_bytes  # each sandbox database's memory_limit; None: DuckDB's
         self._shared = _SharedRows()
         # The largest trace start of each summary file, for the newest-first trace list (run_newest_first).
