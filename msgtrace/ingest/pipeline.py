@@ -33,6 +33,7 @@ from msgtrace.ingest.batch import BuiltBatch
 from msgtrace.ingest.buffer import BufferedBatch, SpanBuffer, live_table
 from msgtrace.ingest.decode import WireFormat, decode_request
 from msgtrace.ingest.wal import WalRecord, WriteAheadLog
+from msgtrace.storage.duplicates import KEY_COLUMNS, kept_copies
 from msgtrace.storage.iowatch import IoWatch
 from msgtrace.storage.layout import StoreLayout, part_range
 from msgtrace.storage.lock import DirLock
@@ -81,7 +82,7 @@ class Ingestor:
         self._stopping = False
         self._flusher: threading.Thread | None = None
         self._dir_lock = DirLock(self.layout.lock_path)
-        self._recent: pa.Table | None = None  # span keys, end times, names the previous flush wrote (dedup)
+        self._recent: pa.Table | None = None  # the winning copy of each span of the previous flush (dedup)
         self._retry_last: int | None = None  # last WAL seq of a failed flush, retried as exactly that range
         # Compaction only touches parts the WAL checkpoint covers: a replay may rewrite any part past it.
         self._overloaded = False  # a request was refused for load since the maintenance thread last asked
@@ -260,40 +261,29 @@ class Ingestor:
         return table.num_rows
 
     def _drop_duplicates(self, table: pa.Table, days: pa.Array) -> tuple[pa.Table, pa.Array, pa.Table, int]:
-        """Collapse duplicate deliveries of a span (same trace_id, span_id) to the copy the spans view and compaction
-        keep: the latest end time, then the smallest name. A copy is also dropped when the previous flush had one
-        that wins or ties (a retry); a later copy is written, and the views collapse the two. Returns the rows
-        kept, their days, each span's winning copy so far (key, end, name: for the next flush) and how many rows
-        were dropped.
+        """Collapse duplicate deliveries of a span to the copy the views keep (:mod:`msgtrace.storage.duplicates`),
+        counting the copy the previous flush wrote of it: a copy that does not beat that one (a retry, or an older
+        copy) is dropped; a later copy is written, and the views collapse the two. Returns the rows kept, their
+        days, each of this flush's spans' winning copy so far (for the next flush) and how many rows were dropped.
 
-        Vectorised (Arrow sort, join and is_in), so the flusher thread holds the GIL only briefly.
+        Vectorised (Arrow sort and joins), so the flusher thread holds the GIL only briefly.
         """
-        keys = pc.binary_join_element_wise(table["trace_id"], table["span_id"], "")
-        if isinstance(keys, pa.ChunkedArray):
-            keys = keys.combine_chunks()
-        rows = pa.table({"k": keys, "end": table["end_time_unix_nano"], "name": table["name"],
-                         "i": pa.array(range(len(keys)), pa.int64())})
-        order = pc.sort_indices(rows, [("k", "ascending"), ("end", "descending"), ("name", "ascending")])
-        ordered = keys.take(order)
-        first = pa.concat_arrays([pa.array([True] * min(1, len(keys)), pa.bool_()),
-                                  pc.not_equal(ordered.slice(1), ordered.slice(0, max(0, len(keys) - 1)))])
-        kept = rows.take(order.filter(first))  # one row per span: this flush's winning copy
-        seen = [kept.select(["k", "end", "name"])]
-        if self._recent is not None and kept.num_rows:
-            prev = kept.join(self._recent, "k", join_type="inner", right_suffix="_prev")
-            beaten = prev.filter(pc.or_(pc.less(prev["end"], prev["end_prev"]),
-                                        pc.and_(pc.equal(prev["end"], prev["end_prev"]),
-                                                pc.greater_equal(prev["name"], prev["name_prev"]))))
-            if beaten.num_rows:
-                kept = kept.filter(pc.invert(pc.is_in(kept["i"], value_set=beaten["i"])))
-                # The copy already written stays the one to beat, for as long as the span keeps coming.
-                seen = [kept.select(["k", "end", "name"]),
-                        pa.table({"k": beaten["k"], "end": beaten["end_prev"], "name": beaten["name_prev"]})]
-        dropped = len(keys) - kept.num_rows
+        rows = table.select(KEY_COLUMNS).append_column("row", pa.array(range(table.num_rows), pa.int64()))
+        candidates = rows
+        if self._recent is not None and rows.num_rows:
+            # The previous flush's copies of these spans, placed first: on a tie the stable sort keeps them.
+            written = self._recent.join(rows.select(["trace_id", "span_id"]), ["trace_id", "span_id"],
+                                        join_type="left semi")
+            if written.num_rows:
+                written = written.append_column("row", pa.nulls(written.num_rows, pa.int64()))
+                candidates = pa.concat_tables([written, rows])
+        winners = kept_copies(candidates)
+        kept = winners.filter(pc.is_valid(winners["row"]))
+        dropped = table.num_rows - kept.num_rows
         if dropped:
-            keep = pc.is_in(rows["i"], value_set=kept["i"])
+            keep = pc.is_in(rows["row"], value_set=kept["row"])
             table, days = table.filter(keep), days.filter(keep)
-        return table, days, pa.concat_tables(seen), dropped
+        return table, days, winners.select(KEY_COLUMNS), dropped
 
     def _flush_loop(self) -> None:
         interval = self.config.flush_interval

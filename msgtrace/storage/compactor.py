@@ -51,6 +51,7 @@ import pyarrow.parquet as pq
 
 from msgtrace.schema import DICTIONARY_COLUMNS, SPAN_SCHEMA
 from msgtrace.storage import retired
+from msgtrace.storage.duplicates import KEY_COLUMNS, kept_copies
 from msgtrace.storage.files import publish
 from msgtrace.storage.layout import (
     COMPACTED_PREFIX,
@@ -594,7 +595,7 @@ def _sorted(ids: pa.ChunkedArray) -> bool:
 def _merge(table: pa.Table, deleted: pa.Array) -> tuple[pa.Array, int, int]:
     """Which rows of ``table`` to write, in lookup order: rows of deleted traces and duplicate spans left out.
     Returns those row indices and how many rows were deleted and duplicates. Only the key columns are touched."""
-    keys = table.select(["trace_id", "span_id", "end_time_unix_nano", "name", "start_time_unix_nano"])
+    keys = table.select([*KEY_COLUMNS, "start_time_unix_nano"])
     keys = keys.append_column("row", pa.array(range(table.num_rows), pa.int64()))
     n_deleted = 0
     if len(deleted) and keys.num_rows:
@@ -603,15 +604,9 @@ def _merge(table: pa.Table, deleted: pa.Array) -> tuple[pa.Array, int, int]:
         keys = kept
     if not keys.num_rows:
         return pa.array([], pa.int64()), n_deleted, 0
-    # One row per (trace_id, span_id): the one the spans view keeps (latest end, then name)...
-    keys = keys.take(pc.sort_indices(keys, [("trace_id", "ascending"), ("span_id", "ascending"),
-                                            ("end_time_unix_nano", "descending"), ("name", "ascending")]))
-    tid = keys["trace_id"].combine_chunks()
-    sid = keys["span_id"].combine_chunks()
+    # One row per (trace_id, span_id), the one the spans view keeps, then in lookup order.
     n = keys.num_rows
-    first = pc.or_(pc.not_equal(tid.slice(1), tid.slice(0, n - 1)), pc.not_equal(sid.slice(1), sid.slice(0, n - 1)))
-    keys = keys.filter(pa.concat_arrays([pa.array([True]), pc.fill_null(first, True)]))
-    # ...then in lookup order.
+    keys = kept_copies(keys)
     order = pc.sort_indices(keys, [("trace_id", "ascending"), ("start_time_unix_nano", "ascending"),
                                    ("span_id", "ascending")])
     return keys["row"].take(order).combine_chunks(), n_deleted, n - keys.num_rows
